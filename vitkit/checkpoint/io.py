@@ -1,0 +1,210 @@
+"""The native checkpoint directory, and `load()` for every format vitkit reads.
+
+A native checkpoint is a directory:
+    model.safetensors   the weights (safetensors: no pickle)
+    config.json         {"format": "vitkit", "model": ViTConfig, "preprocess": Preprocess, "class_names": [...]}
+    train_state.pt      optional: optimizer, schedule, step, RNG, data position; read with weights_only=True
+
+Writes are atomic: everything goes to a temporary sibling directory, which is renamed into place; the previous
+checkpoint is moved aside first and removed only after the new one is in place, and `load` falls back to it if a
+crash happened in between. Nothing the user had is lost.
+
+Other formats are recognised by `FORMATS`, a table of (name, detector, reader module): official .npz, Hugging
+Face folders and timm state dicts (vitkit/checkpoint/{npz,hf,timm_sd}.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+try:  # the exception class moved between safetensors releases
+    from safetensors import SafetensorError as SafetensorsError
+except ImportError:  # pragma: no cover
+    SafetensorsError = Exception
+from safetensors.torch import load_file, save_file
+
+from ..config import ViTConfig
+from ..data.preprocess import Preprocess
+from ..errors import UserError
+
+CONFIG, WEIGHTS, TRAIN_STATE = "config.json", "model.safetensors", "train_state.pt"
+FORMAT_VERSION = 1
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Detached contiguous CPU tensors, without the `_orig_mod.` / `module.` prefixes that compile and DDP add."""
+    out = {}
+    for k, v in state.items():
+        for p in ("_orig_mod.", "module."):
+            k = k.replace(p, "")
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def _write_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"output directory {path.parent} is not writable")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(path, model, preprocess: Optional[Preprocess] = None, class_names=None,
+                    train_state: Optional[dict] = None, extra: Optional[dict] = None) -> Path:
+    """Write a native checkpoint directory atomically. `model` may be wrapped by DDP or torch.compile."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    preprocess = preprocess or getattr(inner, "preprocess", None) or Preprocess(
+        image_size=inner.cfg.image_size, channels=inner.cfg.in_chans,
+        mean=(0.5,) * inner.cfg.in_chans, std=(0.5,) * inner.cfg.in_chans)
+    class_names = list(class_names or getattr(inner, "class_names", None) or range(inner.cfg.num_classes))
+    meta = {"format": "vitkit", "version": FORMAT_VERSION, "model": inner.cfg.to_dict(),
+            "preprocess": preprocess.to_dict(), "class_names": [str(c) for c in class_names], **(extra or {})}
+
+    def write(tmp: Path):
+        save_file(clean_state_dict(inner.state_dict()), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+
+    _write_dir_atomically(Path(path), write)
+    return Path(path)
+
+
+def _existing(path: Path) -> Path:
+    """The checkpoint dir, or the previous one if a crash left only that (see _write_dir_atomically)."""
+    if not path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            return old
+    return path
+
+
+def read_config(path) -> dict:
+    path = _existing(Path(path))
+    try:
+        return json.loads((path / CONFIG).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is not a vitkit checkpoint: {CONFIG} is missing") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path / CONFIG} is not valid JSON ({e})") from None
+
+
+def load_train_state(path) -> Optional[dict]:
+    f = _existing(Path(path)) / TRAIN_STATE
+    if not f.exists():
+        return None
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def load_state_dict_strict(model, state: dict, source: str = "checkpoint") -> None:
+    """Load `state` into `model`, naming every missing/unexpected tensor and any shape mismatch with both shapes."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and tuple(own[k].shape) != tuple(v.shape):
+            raise UserError(f"{source}: tensor {k} has shape {tuple(v.shape)} but the architecture needs "
+                            f"{tuple(own[k].shape)}")
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{source}: tensors do not fit the architecture: missing {missing[:8]}"
+                        f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                        f"{' ...' if len(unexpected) > 8 else ''}")
+    model.load_state_dict(state)
+
+
+def _load_native(path: Path, **_):
+    from ..model import ViT
+
+    path = _existing(path)
+    meta = read_config(path)
+    try:
+        cfg = ViTConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path / CONFIG}: invalid model config ({e})") from None
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except FileNotFoundError:
+        raise UserError(f"{path} has no {WEIGHTS}") from None
+    except (SafetensorsError, OSError) as e:
+        raise UserError(f"{path / WEIGHTS} is not a readable safetensors file ({e})") from None
+    model = ViT(cfg)
+    load_state_dict_strict(model, state, str(path / WEIGHTS))
+    pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
+    return model, pre, meta.get("class_names")
+
+
+def _is_native(p: Path) -> bool:
+    p = _existing(p)
+    if not (p.is_dir() and (p / CONFIG).exists()):
+        return False
+    try:
+        return json.loads((p / CONFIG).read_text()).get("format") == "vitkit"
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _is_hf(p: Path) -> bool:
+    if not (p.is_dir() and (p / CONFIG).exists()):
+        return False
+    try:
+        return json.loads((p / CONFIG).read_text()).get("model_type") == "vit"
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+# name, detector, "module:function" returning (model, preprocess, class_names). First match wins.
+FORMATS: list[tuple[str, Callable[[Path], bool], str]] = [
+    ("vitkit", _is_native, "vitkit.checkpoint.io:_load_native"),
+    ("huggingface", _is_hf, "vitkit.checkpoint.hf:load_hf"),
+    ("official-npz", lambda p: p.is_file() and p.suffix == ".npz", "vitkit.checkpoint.npz:load_npz"),
+    ("timm", lambda p: p.is_file() and p.suffix in (".safetensors", ".pth", ".pt", ".bin"),
+     "vitkit.checkpoint.timm_sd:load_timm"),
+]
+
+
+def detect_format(path) -> str:
+    p = Path(path)
+    if not p.exists() and not _existing(p).exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    for name, detect, _ in FORMATS:
+        if detect(p):
+            return name
+    raise UserError(f"{path} is not a checkpoint vitkit reads (expected a vitkit checkpoint directory, a Hugging "
+                    f"Face ViT folder, an official .npz, or a timm .safetensors/.pth state dict)")
+
+
+def load(path, device="cpu", **kwargs):
+    """Load any checkpoint vitkit reads and return the model (eval mode) with `.preprocess` (PIL -> tensor),
+    `.class_names` and `.source_format` attached. kwargs go to the format's reader (e.g. image_size=384)."""
+    fmt = detect_format(path)
+    target = dict((n, t) for n, _, t in FORMATS)[fmt]
+    mod, fn = target.split(":")
+    model, pre, class_names = getattr(importlib.import_module(mod), fn)(Path(path), **kwargs)
+    cfg = model.cfg
+    model.preprocess = pre or Preprocess(image_size=cfg.image_size, channels=cfg.in_chans,
+                                         mean=(0.5,) * cfg.in_chans, std=(0.5,) * cfg.in_chans)
+    model.class_names = list(class_names) if class_names else [str(i) for i in range(cfg.num_classes)]
+    model.source_format = fmt
+    return model.to(device).eval()

@@ -1,0 +1,78 @@
+"""`vitkit` command line: a table of subcommands. Each row names the module that owns the command; that module
+defines `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's module is imported, so
+`vitkit --help` is instant and one command's dependencies never slow another.
+
+Errors meant for the user (UserError, bad values, missing files) print as one line `vitkit: error: ...` with
+exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+from .errors import UserError
+
+# command -> (one-line help, owning module)
+COMMANDS = {
+    "train": ("train or fine-tune a ViT (recipes: pretrain, finetune)", "vitkit.train.cli"),
+    "eval": ("evaluate a checkpoint on a dataset: top-1, top-5, loss, per-class accuracy", "vitkit.eval.cli"),
+    "predict": ("classify image files with a checkpoint", "vitkit.eval.predict"),
+    "models": ("list the variants with parameter count and GFLOPs", "vitkit.cli_models"),
+    "convert": ("convert a checkpoint (official .npz, Hugging Face, timm) to another format",
+                "vitkit.checkpoint.cli_convert"),
+    "export": ("export a checkpoint to ONNX, TorchScript or an ExportedProgram", "vitkit.checkpoint.cli_export"),
+    "analyze": ("the paper's figures for a checkpoint: filters, position embeddings, attention",
+                "vitkit.analysis.cli_analyze"),
+    "fewshot": ("few-shot linear evaluation on frozen features (paper section 4.1)", "vitkit.eval.cli_fewshot"),
+    "features": ("export frozen pre-logits features to .npy", "vitkit.eval.cli_features"),
+    "bench": ("throughput, memory and MFU, side by side with Hugging Face", "vitkit.bench.cli"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitkit", description="The Vision Transformer (arXiv 2010.11929), "
+                                     "trained, evaluated, converted and analysed.")
+    parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, module) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        if name == command:
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name and e.name.startswith("vitkit"):
+                    raise UserError(f"command {name!r} is not available in this version") from None
+                raise UserError(f"command {name!r} needs the package {e.name!r}: pip install {e.name}") from None
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    debug = "--debug" in argv or os.environ.get("VITKIT_DEBUG") == "1"
+    try:
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+        if not getattr(args, "_run", None):
+            build_parser().print_help()
+            return 0 if args.command is None else 2
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("vitkit: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"vitkit: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Model configuration and the named variants of the paper, as data.
+
+A variant name is ``<size>/<patch>`` ("B/16", "ViT-B/16", "vit-b_16", "ViT-B_16" all mean the same thing).
+Sizes follow Table 1 of Dosovitskiy et al. 2021 (arXiv 2010.11929); Ti and S come from DeiT / "How to train
+your ViT" (2106.10270), as the official repository names them. Image size is a separate setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+# width, depth, heads, mlp width -- Table 1 of the paper (+ Ti/S from the official repo, + tiny sizes for small images).
+SIZES: dict[str, dict[str, int]] = {
+    "testing": dict(hidden_size=16, depth=2, num_heads=2, mlp_dim=32),  # seconds-long smoke tests
+    "Mini": dict(hidden_size=192, depth=6, num_heads=3, mlp_dim=768),  # 28-64 px data on a laptop CPU
+    "Ti": dict(hidden_size=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(hidden_size=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(hidden_size=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "H": dict(hidden_size=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+# Patch sizes: the paper's 14/16/32, /8 from AugReg, and /2 /4 /7 for 28-64 px images (MNIST, CIFAR).
+PATCHES = (2, 4, 7, 8, 14, 16, 32)
+# Paper-size variants with the patch sizes they are published at; small ones are listed for small images.
+LISTED = ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14",
+          "Mini/4", "Mini/7", "Ti/4", "S/4", "testing/4"]
+# Default image size for a patch size when none is given: 224 for paper variants, 28 for small patches.
+DEFAULT_IMAGE_SIZE = {2: 32, 4: 32, 7: 28, 8: 224, 14: 224, 16: 224, 32: 224}
+
+CLASSIFIERS = ("token", "gap")
+POS_EMBEDS = ("learned", "learned2d", "sincos2d", "none")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that decides the architecture; stored in every checkpoint's config.json."""
+
+    image_size: int = 224  # input height = width, in pixels
+    patch_size: int = 16  # P: side of a square patch
+    hidden_size: int = 768  # D: token width
+    depth: int = 12  # L: number of Transformer blocks
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    num_classes: int = 1000
+    in_chans: int = 3
+    classifier: str = "token"  # "token" ([class] token) or "gap" (global average pooling, App. D.3)
+    pos_embed: str = "learned"  # "learned" (1D), "learned2d", "sincos2d" or "none" (App. D.4)
+    representation_size: Optional[int] = None  # pre-logits layer (tanh) of the pre-training head
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    layer_norm_eps: float = 1e-6  # flax default, used by the official code (HF uses 1e-12)
+    gelu_approximate: str = "tanh"  # jax.nn.gelu default as the official code uses it; HF/timm use "none"
+    qkv_bias: bool = True
+    # Hybrid (ResNet stem) layout, None for a pure ViT: e.g. {"layers": [3, 4, 9], "width": 1} (issue: interop).
+    resnet: Optional[dict] = None
+    name: str = ""  # the variant name this was built from, for display only
+    extra: dict = field(default_factory=dict)  # forward-compatible room; ignored by the model
+
+    def __post_init__(self):
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.stem_stride:
+            raise ValueError(f"image size {self.image_size} is not divisible by the patch size "
+                             f"{self.stem_stride} (choose a multiple of {self.stem_stride})")
+        if self.pos_embed in ("learned2d", "sincos2d") and self.hidden_size % 4:
+            raise ValueError(f"{self.pos_embed} position embeddings need hidden_size divisible by 4")
+
+    @property
+    def stem_stride(self) -> int:
+        """Pixels per token side: the patch size, times the ResNet's downsampling for a hybrid."""
+        if self.resnet is None:
+            return self.patch_size
+        from .hybrid import resnet_stride  # only hybrids need it
+
+        return self.patch_size * resnet_stride(self.resnet)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.stem_stride
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + (self.classifier == "token")
+
+    def replace(self, **changes) -> "ViTConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+_NAME = re.compile(r"^(?:vit[-_ ]?)?(?P<size>[a-z]+)[/_-](?P<patch>\d+)$", re.IGNORECASE)
+
+
+def parse_variant(name: str) -> tuple[str, int]:
+    """'ViT-B/16', 'vit_b_16', 'ViT-B_16', 'b/16' -> ('B', 16). Raises ValueError listing valid names."""
+    m = _NAME.match(name.strip())
+    sizes = {k.lower(): k for k in SIZES}
+    if m and m.group("size").lower() in sizes and int(m.group("patch")) in PATCHES:
+        return sizes[m.group("size").lower()], int(m.group("patch"))
+    raise ValueError(
+        f"unknown variant {name!r}; valid: ViT-<size>/<patch> with size in {list(SIZES)} and patch in "
+        f"{list(PATCHES)}, e.g. {', '.join('ViT-' + v for v in LISTED[:9])}")
+
+
+def variant_config(name: str, **overrides) -> ViTConfig:
+    """The ViTConfig of a named variant; any field can be overridden (num_classes, image_size, classifier, ...)."""
+    size, patch = parse_variant(name)
+    kw = dict(SIZES[size], patch_size=patch, image_size=DEFAULT_IMAGE_SIZE[patch], name=f"ViT-{size}/{patch}")
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return ViTConfig(**kw)
