@@ -1,0 +1,128 @@
+"""Native checkpoints (atomic, strict) and fine-tuning surgery checked against scipy, as the official code does it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.checkpoint.io import load_state_dict_strict, save_checkpoint
+from vitkit.checkpoint.surgery import adapt_model, drop_pre_logits, reset_head, resize_pos_embed
+from vitkit.data.preprocess import Preprocess
+from vitkit.errors import UserError
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    m = vitkit.create_model("ViT-testing/4", num_classes=kw.pop("num_classes", 4), image_size=16, **kw)
+    for p in m.parameters():
+        p.data.normal_(0, 0.2)
+    return m.eval()
+
+
+def test_resize_pos_embed_matches_scipy_zoom_order1():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    torch.manual_seed(0)
+    posemb = torch.randn(1, 1 + 7 * 7, 6, dtype=torch.float64)
+    for new in (12, 5, 7):
+        ours = resize_pos_embed(posemb, new, num_prefix_tokens=1)
+        grid = posemb[0, 1:].reshape(7, 7, 6).numpy()
+        ref = scipy_ndimage.zoom(grid, (new / 7, new / 7, 1), order=1)  # official vit_jax load_pretrained
+        assert ours.shape == (1, 1 + new * new, 6)
+        np.testing.assert_allclose(ours[0, 1:].reshape(new, new, 6).numpy(), ref, atol=1e-12)
+        assert torch.equal(ours[:, :1], posemb[:, :1])  # class token row kept apart
+
+
+def test_resize_pos_embed_without_class_token():
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    posemb = torch.randn(1, 16, 3, dtype=torch.float64)
+    ours = resize_pos_embed(posemb, 6, num_prefix_tokens=0)
+    ref = scipy_ndimage.zoom(posemb[0].reshape(4, 4, 3).numpy(), (1.5, 1.5, 1), order=1)
+    np.testing.assert_allclose(ours[0].reshape(6, 6, 3).numpy(), ref, atol=1e-12)
+
+
+def test_adapt_model_new_classes_new_resolution():
+    m = _model(representation_size=8)
+    new = adapt_model(m, num_classes=7, image_size=24)
+    assert new.cfg.num_classes == 7 and new.cfg.image_size == 24 and new.pre_logits is None
+    assert torch.count_nonzero(new.head.weight) == 0
+    assert new.pos_embed.shape == (1, 1 + 36, 16)
+    assert torch.equal(new.blocks[0].attn.qkv.weight, m.blocks[0].attn.qkv.weight)
+    assert new(torch.randn(2, 3, 24, 24)).shape == (2, 7)
+
+
+def test_reset_head_and_drop_pre_logits():
+    m = _model(representation_size=8)
+    assert reset_head(m, 3).head.weight.shape == (3, 8)
+    d = drop_pre_logits(m)
+    assert d.pre_logits is None and d.head.weight.shape == (4, 16)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = _model()
+    pre = Preprocess(image_size=16, channels=3, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))
+    save_checkpoint(tmp_path / "ck", m, pre, ["a", "b", "c", "d"], train_state={"step": torch.tensor(3)})
+    loaded = vitkit.load(tmp_path / "ck")
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded(x), m(x))
+    assert loaded.preprocess == pre and loaded.class_names == ["a", "b", "c", "d"]
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["format"] == "vitkit"
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path, monkeypatch):
+    m = _model()
+    save_checkpoint(tmp_path / "ck", m)
+    m2 = _model()
+    m2.head.bias.data.fill_(1.0)
+
+    class Boom(Exception):
+        pass
+
+    def crash(*a, **k):  # the process dies while the new checkpoint is being written
+        raise Boom
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(Boom):
+        save_checkpoint(tmp_path / "ck", m2, train_state={"step": 1})
+    loaded = vitkit.load(tmp_path / "ck")  # the old checkpoint is intact
+    assert torch.equal(loaded.head.bias, m.head.bias)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_load_falls_back_to_previous_after_crash_between_renames(tmp_path):
+    m = _model()
+    save_checkpoint(tmp_path / "ck", m)
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")  # the state a crash between the two renames leaves
+    assert torch.equal(vitkit.load(tmp_path / "ck").head.bias, m.head.bias)
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes():
+    m = _model()
+    state = dict(m.state_dict())
+    state["pos_embed"] = torch.zeros(1, 5, 16)
+    with pytest.raises(UserError, match=r"pos_embed has shape \(1, 5, 16\) but the architecture needs \(1, 17, 16\)"):
+        load_state_dict_strict(m, state)
+    del state["pos_embed"]
+    with pytest.raises(UserError, match=r"missing \['pos_embed'\]"):
+        load_state_dict_strict(m, state)
+
+
+def test_load_rejects_non_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        vitkit.load(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="not a checkpoint vitkit reads"):
+        vitkit.load(tmp_path / "notes.txt")
+
+
+def test_preprocess_pil_to_tensor():
+    from PIL import Image
+
+    pre = Preprocess(image_size=8, channels=1, mean=(0.5,), std=(0.5,))
+    img = Image.fromarray(np.full((20, 30, 4), 255, np.uint8), "RGBA")
+    x = pre([img, img.convert("P")])
+    assert x.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(x, torch.ones_like(x))
+    crop = Preprocess(image_size=8, crop_pct=0.875)
+    assert crop(Image.new("RGB", (40, 20))).shape == (1, 3, 8, 8)
