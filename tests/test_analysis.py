@@ -1,0 +1,204 @@
+"""The paper's analyses (Fig. 6, Fig. 7, App. D.7-D.8), each checked against an independent computation written
+here: rollout against a direct matrix product, mean attention distance against a loop over query/key pairs, the
+position-similarity grid against a double loop, filter PCs against scikit-learn's PCA."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vitkit.analysis.attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,
+                                       patch_distance_matrix, rollout_map)
+from vitkit.analysis.embeddings import (embedding_filter_pcs, pos_embed_similarity, position_grid,
+                                        row_column_similarity)
+from vitkit.errors import UserError
+from vitkit.model import create_model
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    cfg = dict(num_classes=3, image_size=16)
+    cfg.update(kw)
+    model = create_model("ViT-testing/4", **cfg)  # grid 4x4, 2 blocks, 2 heads
+    for p in model.parameters():  # random weights everywhere, so attention is far from uniform
+        p.data.normal_(0, 0.5) if p.ndim > 1 else p.data.normal_(0, 0.1)
+    return model.eval()
+
+
+def _attn(model, n=3):
+    torch.manual_seed(1)
+    return collect_attention(model, torch.randn(n, model.cfg.in_chans, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def token_run():
+    model = _tiny()
+    return model, _attn(model)
+
+
+def test_collected_attention_is_softmax_of_every_block(token_run):
+    model, out = token_run
+    assert len(out["attn"]) == 2 and out["has_cls"] and out["grid"] == 4 and out["pixels_per_token"] == 4
+    for a in out["attn"]:
+        assert a.shape == (3, 2, 17, 17)
+        torch.testing.assert_close(a.sum(-1), torch.ones(3, 2, 17))
+    # the weights are the model's own: recompute block 0's attention from its q/k projections
+    torch.manual_seed(1)  # the input _attn used
+    x_in = torch.randn(3, 3, 16, 16)
+    z = model.blocks[0].norm1(model.embed(x_in))
+    q, k, _ = model.blocks[0].attn.qkv(z).split(16, dim=-1)
+    q, k = q.view(3, 17, 2, 8).transpose(1, 2), k.view(3, 17, 2, 8).transpose(1, 2)
+    ref = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+    torch.testing.assert_close(out["attn"][0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_matches_direct_matrix_product(token_run):
+    _, out = token_run
+    got = attention_rollout(out["attn"])
+    a = [t.double().numpy() for t in out["attn"]]
+    for n in range(3):
+        ref = np.eye(17)
+        for layer in a:
+            m = 0.5 * layer[n].mean(0) + 0.5 * np.eye(17)  # (A + I) / 2: rows of A sum to 1
+            ref = m @ ref
+        np.testing.assert_allclose(got[n], ref, rtol=1e-6, atol=1e-9)  # float32 softmax rows sum to 1 +- 1e-7
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-10)  # product of row-stochastic matrices
+    # without the residual term: the plain product
+    plain = attention_rollout(out["attn"], residual=False)
+    np.testing.assert_allclose(plain[0], a[1][0].mean(0) @ a[0][0].mean(0), rtol=1e-10)
+
+
+def test_rollout_map_and_head_maps_read_the_right_entries(token_run):
+    _, out = token_run
+    r = attention_rollout(out["attn"])
+    m = rollout_map(r, 4, has_cls=True)
+    assert m.shape == (3, 4, 4)
+    for row in range(4):
+        for col in range(4):
+            assert m[2, row, col] == r[2, 0, 1 + row * 4 + col]
+    h = head_maps(out["attn"][-1], 4, has_cls=True)
+    assert h.shape == (3, 2, 4, 4)
+    assert h[1, 1, 2, 3] == pytest.approx(float(out["attn"][-1][1, 1, 0, 1 + 2 * 4 + 3]))
+
+
+def test_gap_model_rollout_is_mean_over_query_patches():
+    model = _tiny(classifier="gap")
+    out = _attn(model, n=2)
+    assert not out["has_cls"] and out["attn"][0].shape == (2, 2, 16, 16)
+    r = attention_rollout(out["attn"])
+    m = rollout_map(r, 4, has_cls=False)
+    np.testing.assert_allclose(m[1].ravel(), r[1].mean(axis=0), rtol=1e-12)
+    h = head_maps(out["attn"][0], 4, has_cls=False)
+    np.testing.assert_allclose(h[0, 1].ravel(), out["attn"][0][0, 1].double().numpy().mean(0), rtol=1e-6)
+
+
+def _mad_brute_force(attn, grid, patch, has_cls, renormalize):
+    a = [t.double().numpy() for t in attn]
+    n, heads = a[0].shape[:2]
+    off = 1 if has_cls else 0
+    res = np.zeros((len(a), heads))
+    for li, layer in enumerate(a):
+        for h in range(heads):
+            total = 0.0
+            for img in range(n):
+                for qi in range(grid * grid):
+                    qr, qc = qi // grid, qi % grid
+                    w_sum = sum(layer[img, h, off + qi, off + kj] for kj in range(grid * grid))
+                    acc = 0.0
+                    for kj in range(grid * grid):
+                        kr, kc = kj // grid, kj % grid
+                        dist = patch * math.hypot(qr - kr, qc - kc)
+                        w = layer[img, h, off + qi, off + kj]
+                        acc += (w / w_sum if renormalize else w) * dist
+                    total += acc
+            res[li, h] = total / (n * grid * grid)
+    return res
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_mean_attention_distance_matches_brute_force_loop(token_run, renormalize):
+    _, out = token_run
+    got = mean_attention_distance(out["attn"], grid=4, patch_size=4, has_cls=True, renormalize=renormalize)
+    assert got.shape == (2, 2)
+    np.testing.assert_allclose(got, _mad_brute_force(out["attn"], 4, 4, True, renormalize), rtol=1e-10)
+    per_image = mean_attention_distance(out["attn"], 4, 4, True, renormalize=renormalize, reduce=False)
+    assert per_image.shape == (3, 2, 2)
+    np.testing.assert_allclose(per_image.mean(0), got, rtol=1e-12)
+
+
+def test_mean_attention_distance_gap_and_known_cases():
+    model = _tiny(classifier="gap")
+    out = _attn(model, n=2)
+    got = mean_attention_distance(out["attn"], 4, 4, has_cls=False)
+    np.testing.assert_allclose(got, _mad_brute_force(out["attn"], 4, 4, False, True), rtol=1e-10)
+    # attention to oneself only: distance 0; uniform attention: the mean pairwise centre distance
+    eye = np.broadcast_to(np.eye(16), (1, 1, 16, 16))
+    assert mean_attention_distance([eye], 4, 16, has_cls=False)[0, 0] == 0.0
+    uni = np.full((1, 1, 16, 16), 1 / 16)
+    d = patch_distance_matrix(4, 16)
+    assert mean_attention_distance([uni], 4, 16, has_cls=False)[0, 0] == pytest.approx(d.mean())
+    assert d[0, 15] == pytest.approx(16 * math.sqrt(18))  # corner to corner of a 4x4 grid of 16-px patches
+
+
+def test_pos_embed_similarity_matches_double_loop():
+    torch.manual_seed(0)
+    model = _tiny()
+    pe = position_grid(model)
+    assert pe.shape == (16, 16)  # [class] entry dropped
+    np.testing.assert_allclose(pe, model.pos_embed[0, 1:].detach().double().numpy(), rtol=1e-7)
+    sim = pos_embed_similarity(pe)
+    assert sim.shape == (16, 4, 4)
+    for i in range(16):
+        for j in range(16):
+            ref = pe[i] @ pe[j] / (np.linalg.norm(pe[i]) * np.linalg.norm(pe[j]))
+            assert sim[i, j // 4, j % 4] == pytest.approx(ref, rel=1e-10, abs=1e-12)
+    # (g, g, D) input gives the same
+    np.testing.assert_allclose(pos_embed_similarity(pe.reshape(4, 4, -1)), sim)
+
+
+def test_position_grid_for_every_kind():
+    for kind in ("learned2d", "sincos2d"):
+        m = create_model("ViT-testing/4", num_classes=3, image_size=16, pos_embed=kind)
+        assert position_grid(m).shape == (16, 16)
+    assert position_grid(create_model("ViT-testing/4", num_classes=3, image_size=16, pos_embed="none")) is None
+
+
+def test_row_column_structure_detected_on_learned2d():
+    # learned2d embeddings are [row emb; col emb]: same row/column positions share half of the vector
+    torch.manual_seed(0)
+    m = create_model("ViT-testing/4", num_classes=3, image_size=16, pos_embed="learned2d")
+    s = row_column_similarity(pos_embed_similarity(position_grid(m)))
+    assert s["same_row"] > s["other"] + 0.2 and s["same_col"] > s["other"] + 0.2
+    # brute-force check of one summary number
+    sim = pos_embed_similarity(position_grid(m)).reshape(16, 16)
+    vals = [sim[i, j] for i in range(16) for j in range(16) if i != j and i // 4 == j // 4]
+    assert s["same_row"] == pytest.approx(np.mean(vals))
+
+
+def test_embedding_filter_pcs_match_sklearn_pca():
+    from sklearn.decomposition import PCA
+
+    torch.manual_seed(0)
+    w = torch.randn(40, 3, 4, 4) * torch.linspace(0.1, 2, 48).view(1, 3, 4, 4)
+    comps, ratio = embedding_filter_pcs(w, k=6)
+    assert comps.shape == (6, 3, 4, 4) and ratio.shape == (6,)
+    pca = PCA(n_components=6, svd_solver="full").fit(w.reshape(40, -1).double().numpy())
+    np.testing.assert_allclose(ratio, pca.explained_variance_ratio_, rtol=1e-8)
+    dots = np.abs((comps.reshape(6, -1) * pca.components_).sum(1))  # equal up to sign
+    np.testing.assert_allclose(dots, 1.0, rtol=1e-8)
+    flat = comps.reshape(6, -1)
+    assert (flat[np.arange(6), np.abs(flat).argmax(1)] > 0).all()  # sign convention
+    assert embedding_filter_pcs(w, k=1000)[0].shape[0] == 40  # capped at min(D, C*P*P)
+
+
+def test_models_without_attention_are_user_errors():
+    with pytest.raises(UserError, match="not a vitkit ViT"):
+        collect_attention(torch.nn.Linear(3, 3), torch.zeros(1, 3))
+    no_blocks = create_model("ViT-testing/4", num_classes=3, image_size=16, depth=0)
+    with pytest.raises(UserError, match="no Transformer blocks"):
+        collect_attention(no_blocks, torch.zeros(1, 1, 16, 16))
+    with pytest.raises(UserError, match="no attention weights"):
+        attention_rollout([])
+    with pytest.raises(UserError, match="expected"):
+        attention_rollout([np.zeros((2, 3))])
