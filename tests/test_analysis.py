@@ -202,3 +202,107 @@ def test_models_without_attention_are_user_errors():
         attention_rollout([])
     with pytest.raises(UserError, match="expected"):
         attention_rollout([np.zeros((2, 3))])
+
+
+# ---------------------------------------------------------------------------------- figures, explain, the CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from PIL import Image
+
+    import vitkit
+
+    d = tmp_path_factory.mktemp("analyze")
+    vitkit.save_checkpoint(d / "ck", _tiny(), class_names=["cat", "dog", "bird"])
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(d / f"im{i}.png")
+    (d / "broken.png").write_bytes(b"\x89PNG not really")
+    return d
+
+
+def test_plot_functions_return_agg_figures(token_run, tmp_path):
+    from matplotlib.figure import Figure
+
+    from vitkit.analysis import plots
+
+    model, out = token_run
+    comps, ratio = embedding_filter_pcs(model.patch_embed.proj.weight, 5)
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 3, 16, 16), dtype=np.uint8)
+    r = rollout_map(attention_rollout(out["attn"]), 4, True)
+    figs = [plots.plot_embedding_filters(comps, ratio),
+            plots.plot_pos_embed_similarity(pos_embed_similarity(position_grid(model))),
+            plots.plot_attention_distance(mean_attention_distance(out["attn"], 4, 4, True), 16),
+            plots.plot_rollout_overlays(imgs, r, ["a", "b", "c"]),
+            plots.plot_head_maps(imgs, head_maps(out["attn"][-1], 4, True), layer=2),
+            plots.plot_explanation(imgs[0], r[0], [("a", 0.7), ("b", 0.3)], "rollout")]
+    for i, fig in enumerate(figs):
+        assert isinstance(fig, Figure) and fig.get_axes()
+        fig.savefig(tmp_path / f"{i}.png")
+        assert (tmp_path / f"{i}.png").read_bytes()[:4] == b"\x89PNG"
+    ax = figs[2].get_axes()[0]
+    assert ax.get_xlabel() == "Network depth (layer)" and "pixels" in ax.get_ylabel()
+    assert len(ax.collections) == 2  # one scatter per head
+
+
+def test_write_explanation(tiny_ckpt):
+    import vitkit
+    from vitkit.analysis.explain import open_image, write_explanation
+
+    model = vitkit.load(tiny_ckpt / "ck")
+    res = write_explanation(model, open_image(tiny_ckpt / "im0.png"), tiny_ckpt / "ex" / "e.png", topk=2)
+    assert (tiny_ckpt / "ex" / "e.png").read_bytes()[:4] == b"\x89PNG"
+    assert [t["class"] for t in res["topk"]][0] in ("cat", "dog", "bird") and len(res["topk"]) == 2
+    assert res["topk"][0]["prob"] >= res["topk"][1]["prob"] and "[class] token" in res["label"]
+    x = model.preprocess([open_image(tiny_ckpt / "im0.png")])
+    ref = attention_rollout(collect_attention(model, x)["attn"])[0, 0, 1:].reshape(4, 4)
+    np.testing.assert_allclose(np.array(res["map"]), ref, atol=1e-6)
+    with pytest.raises(UserError, match="cannot read image"):
+        write_explanation(model, tiny_ckpt / "broken.png", tiny_ckpt / "e2.png")
+    with pytest.raises(UserError, match="does not exist"):
+        write_explanation(model, tiny_ckpt / "missing.png", tiny_ckpt / "e2.png")
+
+
+def test_analyze_cli_writes_every_figure_and_json(tiny_ckpt, capsys):
+    import json
+
+    from vitkit.cli import main
+
+    out = tiny_ckpt / "an"
+    assert main(["analyze", str(tiny_ckpt / "ck"), "--images", str(tiny_ckpt / "im0.png"),
+                 str(tiny_ckpt / "im1.png"), "--out", str(out)]) == 0
+    names = {"embedding_filters.png", "pos_embed_similarity.png", "attention_distance.png",
+             "attention_rollout.png", "attention_heads_last.png"}
+    for n in names:
+        assert (out / n).read_bytes()[:4] == b"\x89PNG"
+    rep = json.loads((out / "analysis.json").read_text())
+    assert set(rep["figures"].values()) == names
+    assert np.array(rep["mean_attention_distance"]["pixels"]).shape == (2, 2)
+    assert rep["mean_attention_distance"]["num_images"] == 2
+    assert len(rep["attention_maps"]["images"]) == 2
+    # bad input: one-line errors, exit code 2
+    assert main(["analyze", str(tiny_ckpt / "ck"), "--images", str(tiny_ckpt / "broken.png"), "--out",
+                 str(out)]) == 2
+    assert main(["analyze", str(tiny_ckpt / "ck"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("vitkit: error: ") for e in err)
+    assert "cannot read image" in err[0] and "--dataset" in err[1]
+
+
+def test_analyze_cli_on_a_gap_model_and_the_embedded_dataset(tmp_path):
+    import json
+
+    import vitkit
+    from vitkit.cli import main
+
+    torch.manual_seed(0)
+    m = create_model("ViT-testing/7", num_classes=10, image_size=28, in_chans=1, classifier="gap",
+                     pos_embed="none")
+    vitkit.save_checkpoint(tmp_path / "ck", m)
+    assert main(["analyze", str(tmp_path / "ck"), "--dataset", "embedded", "--num-images", "20", "--show", "3",
+                 "--out", str(tmp_path / "an")]) == 0
+    rep = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert "GAP" in rep["attention_maps"]["label"] and "pos_embed_similarity" not in rep["figures"]
+    assert rep["mean_attention_distance"]["num_images"] == 20 and len(rep["attention_maps"]["images"]) == 3
+    assert any("no position embedding" in n for n in rep["notes"])

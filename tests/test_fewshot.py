@@ -149,3 +149,40 @@ def test_extract_features_are_the_pre_logits_the_head_sees(tmp_path):
     np.testing.assert_array_equal(np.load(files["features"]), f)
     np.testing.assert_array_equal(np.load(tmp_path / "sub" / "F.labels.npy"), np.arange(5))
     assert json.loads((tmp_path / "sub" / "F.json").read_text())["shape"] == [5, 16]
+
+
+def test_fewshot_and_features_cli(tmp_path, capsys):
+    import vitkit
+    from vitkit.cli import main
+
+    torch.manual_seed(0)
+    m = create_model("ViT-testing/7", num_classes=10, image_size=28, in_chans=1)
+    for p in m.parameters():
+        p.data.normal_(0, 0.3)
+    vitkit.save_checkpoint(tmp_path / "ck", m)
+    ck = str(tmp_path / "ck")
+    assert main(["features", ck, "--dataset", "embedded", "--split", "train", "--limit", "600",
+                 "--out", str(tmp_path / "F.npy")]) == 0
+    assert main(["features", ck, "--dataset", "embedded", "--split", "test", "--limit", "300",
+                 "--out", str(tmp_path / "G.npy")]) == 0
+    f, y = np.load(tmp_path / "F.npy"), np.load(tmp_path / "F.labels.npy")
+    assert f.shape == (600, 16) and y.shape == (600,)
+    assert main(["fewshot", "--train-features", str(tmp_path / "F.npy"), "--test-features", str(tmp_path / "G.npy"),
+                 "--shots", "1,5", "--val-size", "100", "--out", str(tmp_path / "fs.json")]) == 0
+    rep = json.loads((tmp_path / "fs.json").read_text())
+    g, yg = np.load(tmp_path / "G.npy"), np.load(tmp_path / "G.labels.npy")
+    ref = fewshot_eval(f, y, g, yg, shots=(1, 5), val_size=100)
+    assert rep["fewshot"]["shots"]["5"]["acc"] == pytest.approx(ref["shots"][5]["acc"])
+    assert "knn" in rep["baselines"] and "linear_probe_ridge" in rep["baselines"]
+    assert "top-1 mean" in capsys.readouterr().out
+    # the same numbers straight from the checkpoint
+    assert main(["fewshot", ck, "--dataset", "embedded", "--train-limit", "600", "--test-limit", "300",
+                 "--shots", "5", "--val-size", "100", "--baselines", "none", "--out", str(tmp_path / "fs2.json")]) == 0
+    rep2 = json.loads((tmp_path / "fs2.json").read_text())
+    assert rep2["fewshot"]["shots"]["5"]["acc"] == pytest.approx(ref["shots"][5]["acc"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["fewshot", ck, "--dataset", "embedded", "--train-limit", "600", "--shots", "200"]) == 2
+    assert main(["fewshot", "--train-features", str(tmp_path / "F.npy"), "--test-features",
+                 str(tmp_path / "F.npy"), "--shots", "1,x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "200 shots per class asked" in err[0] and "integers" in err[1]

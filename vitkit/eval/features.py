@@ -16,11 +16,6 @@ import torch
 from ..errors import UserError
 
 
-def _resize_u8(x: torch.Tensor, size: int) -> torch.Tensor:
-    return torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
-                                           align_corners=False).round().clamp(0, 255).to(torch.uint8)
-
-
 def model_inputs(model, images_u8) -> torch.Tensor:
     """uint8 (N, C, H, W) -> the normalised float batch the model expects (resized / channel-fixed if needed)."""
     x = torch.as_tensor(np.asarray(images_u8)) if not isinstance(images_u8, torch.Tensor) else images_u8
@@ -36,7 +31,9 @@ def model_inputs(model, images_u8) -> torch.Tensor:
         else:
             raise UserError(f"images have {x.shape[1]} channels; the model takes {cfg.in_chans}")
     if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
-        x = _resize_u8(x, cfg.image_size)
+        from ..data.datasets import resize_batch
+
+        x = resize_batch(x, cfg.image_size)
     pre = getattr(model, "preprocess", None)
     if pre is not None:
         return pre.normalize(x)
@@ -59,24 +56,26 @@ def extract_features(model, images_u8, batch_size: int = 256) -> np.ndarray:
 
 
 def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | None = None, seed: int = 0):
-    """Load a dataset split through vitkit.data.datasets at the model's image size and channels.
-    Returns (images uint8 (N, C, H, W) numpy, labels (N,) int64, class_names). With `limit`, a fixed random subset
-    (seed `seed`) of that many images."""
-    try:
-        from ..data.datasets import load_dataset
-    except ImportError as e:  # pragma: no cover - the data module is part of vitkit
-        raise UserError(f"dataset loading is not available in this version ({e})") from None
+    """Load a dataset split through vitkit.data.datasets (at the model's image size and channels for image folders).
+    Returns (images uint8 (N, C, H, W) tensor, labels (N,) int64 numpy, class_names). With `limit`, a fixed random
+    subset (seed `seed`) of that many images, in index order; only those are decoded."""
+    from ..data.datasets import iterate_batches, load_dataset
+
     kw = {}
     if model is not None:
         kw = dict(image_size=model.cfg.image_size, channels=model.cfg.in_chans)
     ds = load_dataset(spec, split=split, data_dir=data_dir, **kw)
-    images, labels = np.asarray(ds.images), np.asarray(ds.labels).astype(np.int64)
-    if len(images) == 0:
+    labels = np.asarray(ds.labels).astype(np.int64)
+    if len(labels) == 0:
         raise UserError(f"dataset {spec!r} split {split!r} is empty")
-    if limit is not None and limit < len(images):
-        idx = np.sort(np.random.default_rng(seed).choice(len(images), size=int(limit), replace=False))
-        images, labels = images[idx], labels[idx]
-    return images, labels, list(getattr(ds, "class_names", None) or [])
+    idx = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        idx = np.sort(np.random.default_rng(seed).choice(len(labels), size=int(limit), replace=False))
+    if hasattr(ds, "images"):
+        images = ds.images[torch.from_numpy(idx)]
+    else:
+        images = torch.cat([b for b, _ in iterate_batches(ds, torch.from_numpy(idx), 256)])
+    return images, labels[idx], list(getattr(ds, "class_names", None) or [])
 
 
 def save_features(path, feats: np.ndarray, labels: np.ndarray | None = None, meta: dict | None = None) -> dict:

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import UserError
 
-# 2^-10 ... 2^20, the grid big_vision's few-shot evaluator uses for its l2 regulariser.
-DEFAULT_LAMBDAS = tuple(2.0**i for i in range(-10, 21))
+# A wide log grid of regularisers, 2^-20 ... 2^20 (one SVD serves them all, so the grid is cheap).
+DEFAULT_LAMBDAS = tuple(2.0**i for i in range(-20, 21))
 
 
 def _classes(labels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,43 @@
+"""`vitkit features CKPT --dataset D --split train --out F.npy`: frozen pre-logits features to .npy.
+
+Writes F.npy (float32 (N, D)), F.labels.npy (int64 (N,)) and F.json (checkpoint, dataset, split, class names).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
+    p.add_argument("--dataset", required=True, help="dataset spec (embedded, mnist, fashion-mnist, cifar10, "
+                   "cifar100, imagefolder:PATH)")
+    p.add_argument("--split", default="train", help="train or test (default: train)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="a fixed random subset of this many images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="output .npy path (labels go to OUT.labels.npy, metadata to OUT.json)")
+
+
+def run(args) -> int:
+    import torch
+
+    import vitkit
+    from ..errors import UserError
+    from .features import extract_features, load_split, save_features
+
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise UserError("--batch-size and --limit must be positive")
+    t0 = time.perf_counter()
+    model = vitkit.load(args.checkpoint)
+    images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.limit, args.seed)
+    torch.set_grad_enabled(False)
+    feats = extract_features(model, images, args.batch_size)
+    files = save_features(args.out, feats, labels, {
+        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "limit": args.limit,
+        "seed": args.seed, "representation": "pre-logits (forward_pre_logits of the final tokens)",
+        "class_names": names})
+    print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {files['features']} (labels: {files['labels']}, "
+          f"{time.perf_counter() - t0:.1f} s)")
+    return 0

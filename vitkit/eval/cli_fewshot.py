@@ -1,0 +1,127 @@
+"""`vitkit fewshot CKPT --dataset D --shots 1,5,10,25`: few-shot linear evaluation (paper section 4.1).
+
+Prints a table (test top-1, mean and spread over the draws) and writes JSON. Baselines on the same frozen features:
+a linear probe on all training features (closed-form ridge, or logistic regression) and cosine k-NN.
+Features can come from .npy files instead (`vitkit features`): --train-features F.npy --test-features G.npy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {s!r}") from None
+    if not v or min(v) < 1:
+        raise ValueError(f"expected positive integers, got {s!r}")
+    return v
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", nargs="?", help="checkpoint (not needed with --train/--test-features)")
+    p.add_argument("--dataset", help="dataset spec (embedded, mnist, fashion-mnist, cifar10, cifar100, "
+                   "imagefolder:PATH)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--shots", default="1,5,10,25", help="examples per class (default: 1,5,10,25)")
+    p.add_argument("--draws", type=int, default=3, help="random draws per shot count, seeds 0..n-1 (default: 3)")
+    p.add_argument("--val-size", type=int, default=1000,
+                   help="held-out training images for choosing the regulariser (default: 1000)")
+    p.add_argument("--train-limit", type=int, default=None, help="use a fixed random subset of the train split")
+    p.add_argument("--test-limit", type=int, default=None, help="use a fixed random subset of the test split")
+    p.add_argument("--baselines", default="ridge,knn",
+                   help="comma list of ridge (linear probe, all train features), logreg, knn; 'none' for none")
+    p.add_argument("--knn", default="1,10", help="k values of the k-NN baseline (default: 1,10)")
+    p.add_argument("--train-features", help="F.npy from `vitkit features` (with F.labels.npy next to it)")
+    p.add_argument("--test-features", help="G.npy from `vitkit features --split test`")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="fewshot.json", help="JSON results (default: fewshot.json)")
+
+
+def _load_npy(path: str):
+    from ..errors import UserError
+
+    p = Path(path)
+    lab = p.with_suffix("").as_posix() + ".labels.npy"
+    try:
+        return np.load(p, allow_pickle=False), np.load(lab, allow_pickle=False)
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename} does not exist (features need their .labels.npy next to them)") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not a readable .npy file ({e})") from None
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    from .fewshot import fewshot_eval, knn_eval, linear_probe
+
+    t0 = time.perf_counter()
+    shots, knn_ks = _ints(args.shots), _ints(args.knn)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
+    bad = sorted(set(baselines) - {"ridge", "logreg", "knn"})
+    if bad:
+        raise UserError(f"unknown baseline(s) {bad}; choose from ridge, logreg, knn")
+    if args.draws < 1:
+        raise UserError("--draws must be at least 1")
+    if args.train_features or args.test_features:
+        if not (args.train_features and args.test_features):
+            raise UserError("give both --train-features and --test-features")
+        (xtr, ytr), (xte, yte) = _load_npy(args.train_features), _load_npy(args.test_features)
+        source = f"features {args.train_features} / {args.test_features}"
+    else:
+        if not args.checkpoint or not args.dataset:
+            raise UserError("give CHECKPOINT and --dataset D (or --train-features and --test-features)")
+        import torch
+
+        import vitkit
+        from .features import extract_features, load_split
+
+        model = vitkit.load(args.checkpoint)
+        torch.set_grad_enabled(False)
+        tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.train_limit)
+        te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.test_limit)
+        xtr = extract_features(model, tr_img, args.batch_size)
+        xte = extract_features(model, te_img, args.batch_size)
+        source = f"{args.checkpoint} on {args.dataset}"
+    if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
+        raise UserError(f"train/test features have shapes {xtr.shape} / {xte.shape}; expected (N, D) with equal D")
+    t_feat = time.perf_counter() - t0
+    res = fewshot_eval(xtr, ytr, xte, yte, shots=shots, seeds=range(args.draws), val_size=args.val_size)
+    base = {}
+    if "ridge" in baselines:
+        base["linear_probe_ridge"] = linear_probe(xtr, ytr, xte, yte, "ridge", val_size=args.val_size)
+    if "logreg" in baselines:
+        base["linear_probe_logreg"] = linear_probe(xtr, ytr, xte, yte, "logreg")
+    if "knn" in baselines:
+        base["knn"] = knn_eval(xtr, ytr, xte, yte, knn_ks)
+    report = {"source": source, "dataset": args.dataset, "feature_dim": int(xtr.shape[1]),
+              "train_size": int(len(xtr)), "test_size": int(len(xte)), "fewshot": res, "baselines": base,
+              "seconds": {"features": round(t_feat, 2), "total": round(time.perf_counter() - t0, 2)}}
+    print(f"few-shot linear evaluation (closed-form ridge to {{-1,1}}^K, regulariser chosen on {res['val_size']} "
+          f"held-out train images): {source}")
+    print(f"features: D={xtr.shape[1]}, train {len(xtr)}, test {len(xte)}, {res['num_classes']} classes")
+    print(f"{'shots':>5}  {'top-1 mean':>10}  {'std':>5}  {'min':>6}  {'max':>6}  draws  lambda per draw")
+    for k, r in res["shots"].items():
+        lam = ", ".join(f"{v:g}" for v in r["lambda"])
+        print(f"{k:>5}  {100 * r['mean']:>9.2f}%  {100 * r['std']:>5.2f}  {100 * r['min']:>5.2f}%  "
+              f"{100 * r['max']:>5.2f}%  {len(r['acc']):>5}  {lam}")
+    if "linear_probe_ridge" in base:
+        b = base["linear_probe_ridge"]
+        print(f"linear probe (ridge, {b['train_size']} train features, lambda {b['lambda']:g}): {100 * b['acc']:.2f}%")
+    if "linear_probe_logreg" in base:
+        print(f"linear probe (logistic regression, all train features): "
+              f"{100 * base['linear_probe_logreg']['acc']:.2f}%")
+    if "knn" in base:
+        print("k-NN (cosine): " + ", ".join(f"k={k}: {100 * a:.2f}%" for k, a in base["knn"]["acc"].items()))
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out} ({report['seconds']['total']:.1f} s)")
+    return 0
