@@ -382,7 +382,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     `pickle.load` imports and calls whatever the file names: a crafted "dataset" can run any command. The CIFAR
     batches are dicts of bytes, lists of ints and *numpy arrays*, which a pickle spells as calls to
     numpy.core.multiarray._reconstruct, numpy.ndarray and numpy.dtype. So find_class resolves exactly those three
-    names to an inert stub that only records its arguments (no numpy code runs while reading), and refuses every
+    names to an inert stub that only records its arguments (no numpy code runs while reading), maps
+    _codecs.encode (Python 3's protocol-2 spelling of bytes) to a str->latin1 conversion, and refuses every
     other name. `_to_array` then builds plain uint8/int arrays from the recorded shape and bytes, and refuses
     anything else (object arrays, other dtypes).
     """
@@ -393,7 +394,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return _NdarrayStub
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 spells bytes in protocol 2 (re-pickled copies)
+            return _latin1_bytes
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only plain data and numpy arrays)")
+
+
+def _latin1_bytes(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1 bytes")
+    return text.encode("latin1")
 
 
 def restricted_loads(data: bytes):

@@ -153,7 +153,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 arr = self.preprocess.to_array(im)
         except (OSError, SyntaxError, ValueError) as e:
             raise UserError(f"imagefolder: cannot decode {path} ({e}); remove or replace the file") from None
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), int(self.labels[i])
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C")), int(self.labels[i])  # a writable copy
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch in this process (for small evals and tests)."""
