@@ -1,0 +1,61 @@
+"""Hybrid R+ViT models (paper section 3.1): named variants, exact parameter counts, the ResNet's TF "SAME"
+padding and weight standardisation. Official-output parity of hybrids is in test_interop_npz.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitkit import create_model, variant_config
+from vitkit.errors import UserError
+from vitkit.hybrid import ResNetStem, StdConv2d, resnet_stride, same_pad
+
+
+@pytest.mark.parametrize("name, params", [("R50+ViT-B/16", 98_659_112), ("R26+ViT-S/32", 36_431_912),
+                                          ("R+ViT-Ti/16", 6_337_704)])
+def test_param_counts(name, params):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert model.num_params() == params
+    assert model.cfg.image_size == 224 and model.cfg.num_classes == 1000
+
+
+def test_variants_parse():
+    assert variant_config("R50+ViT-B/16").resnet == {"layers": [3, 4, 9], "width": 1}
+    assert variant_config("r50+vit-b_16").stem_stride == 16
+    assert variant_config("R26+ViT-B/32").grid_size == 7
+    assert variant_config("R50+ViT-L/32").resnet["layers"] == [3, 4, 6, 3]
+    assert variant_config("R+ViT-Ti/16").patch_size == 8 and variant_config("R+ViT-Ti/16").grid_size == 7
+    with pytest.raises(ValueError, match="R50\\+ViT-B/16"):
+        variant_config("R101+ViT-B/16")
+
+
+def test_same_padding_and_strides():
+    assert same_pad(224, 7, 2) == (2, 3) and same_pad(112, 3, 2) == (0, 1) and same_pad(7, 3, 2) == (1, 1)
+    assert same_pad(8, 3, 1) == (1, 1) and same_pad(8, 1, 2) == (0, 0)
+    assert resnet_stride({"layers": [3, 4, 9], "width": 1}) == 16 and resnet_stride({"layers": []}) == 4
+    stem = ResNetStem({"layers": [1, 1], "width": 0.5})
+    assert stem.out_chans == 256
+    for size in (32, 30, 33):  # even and odd sizes: output ceil(size / 8)
+        assert stem(torch.zeros(1, 3, size, size)).shape[-1] == -(-size // 8)
+
+
+def test_weight_standardisation():
+    conv = StdConv2d(4, 8, 3)
+    w = conv.standardized_weight().double()
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.zeros(8, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(w.std(dim=(1, 2, 3), unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-3)
+
+
+def test_unknown_layout():
+    with pytest.raises(UserError, match="unknown hybrid ResNet layout"):
+        ResNetStem({"layers": [3, 0]})
+    with pytest.raises(UserError, match="unknown hybrid ResNet layout"):
+        ResNetStem({"depths": [3, 4]})
+
+
+def test_hybrid_trains_a_step():
+    model = create_model("R+ViT-Ti/16", num_classes=3, image_size=64, depth=1)
+    loss = model(torch.randn(2, 3, 64, 64)).logsumexp(-1).sum()
+    loss.backward()
+    assert model.stem.stem.conv.weight.grad is not None

@@ -1,0 +1,124 @@
+"""Official .npz checkpoints: architecture inference, parity with the official implementation's logits (fixtures
+made by running google-research/vision_transformer, see tests/fixtures/README.md), both key layouts, resizing,
+write-back, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.checkpoint import npz as npzmod
+from vitkit.cli import main
+from vitkit.errors import UserError
+
+FIX = Path(__file__).parent / "fixtures"
+REF = np.load(FIX / "reference.npz")
+CASES = ["vit_token", "vit_gap_oldkeys", "vit_prelogits", "hybrid_r2", "hybrid_stem", "vit_token@24",
+         "hybrid_stem@40"]
+
+
+def _inputs(case, dtype):
+    return torch.from_numpy(REF[f"{case}/x"]).permute(0, 3, 1, 2).to(dtype)
+
+
+def _logits(model, case, dtype):
+    with torch.no_grad():
+        return model.to(dtype)(_inputs(case, dtype)).numpy()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_official_parity(case):
+    base, _, size = case.partition("@")
+    model = vitkit.load(FIX / f"{base}.npz", image_size=int(size) if size else None)
+    assert np.abs(_logits(model, case, torch.float32) - REF[f"{case}/logits32"]).max() <= 5e-5
+    assert np.abs(_logits(model, case, torch.float64) - REF[f"{case}/logits64"]).max() <= 1e-9
+
+
+def test_inferred_architecture():
+    cfg = vitkit.load(FIX / "vit_token.npz").cfg
+    assert (cfg.hidden_size, cfg.depth, cfg.num_heads, cfg.mlp_dim, cfg.patch_size, cfg.image_size,
+            cfg.classifier, cfg.num_classes, cfg.representation_size) == (16, 2, 2, 32, 4, 16, "token", 10, None)
+    assert (cfg.layer_norm_eps, cfg.gelu_approximate) == (1e-6, "tanh")
+    assert vitkit.load(FIX / "vit_gap_oldkeys.npz").cfg.classifier == "gap"
+    assert vitkit.load(FIX / "vit_gap_oldkeys.npz").cfg.num_heads == 4
+    assert vitkit.load(FIX / "vit_prelogits.npz").cfg.representation_size == 12
+    m = vitkit.load(FIX / "hybrid_r2.npz")
+    assert m.cfg.resnet == {"layers": [1, 1], "width": 0.5} and m.cfg.image_size == 32 and m.cfg.grid_size == 4
+    assert vitkit.load(FIX / "hybrid_stem.npz").cfg.resnet == {"layers": [], "width": 0.5}
+    pre = m.preprocess
+    assert (pre.image_size, pre.mean, pre.std, pre.resize) == (32, (0.5,) * 3, (0.5,) * 3, "bilinear")
+
+
+def test_convert_cli_then_load(tmp_path):
+    out = tmp_path / "ckpt"
+    assert main(["convert", str(FIX / "vit_token.npz"), str(out), "--image-size", "24"]) == 0
+    model = vitkit.load(out)
+    assert model.source_format == "vitkit" and model.cfg.image_size == 24
+    assert model.preprocess.image_size == 24 and model.preprocess.mean == (0.5,) * 3
+    assert np.abs(_logits(model, "vit_token@24", torch.float64) - REF["vit_token@24/logits64"]).max() <= 1e-9
+    out2 = tmp_path / "ckpt10"
+    assert main(["convert", str(FIX / "vit_prelogits.npz"), str(out2), "--num-classes", "3"]) == 0
+    m2 = vitkit.load(out2)
+    assert m2.cfg.num_classes == 3 and m2.cfg.representation_size == 12 and not m2.head.weight.any()
+
+
+@pytest.mark.parametrize("base", ["vit_gap_oldkeys", "hybrid_r2", "vit_prelogits"])
+def test_npz_round_trip(tmp_path, base):
+    model = vitkit.load(FIX / f"{base}.npz")
+    out = tmp_path / "back.npz"
+    assert main(["convert", str(FIX / f"{base}.npz"), str(out), "--to", "npz"]) == 0
+    orig = npzmod.canonicalize(dict(np.load(FIX / f"{base}.npz")))
+    back = dict(np.load(out))
+    assert back.keys() == orig.keys()
+    assert all(np.array_equal(back[k], orig[k]) for k in orig)
+    again = vitkit.load(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def _rewrite(src, dst, edit):
+    flat = dict(np.load(src))
+    edit(flat)
+    np.savez(dst, **flat)
+    return dst
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "not.npz"
+    bad.write_text("hello")
+    with pytest.raises(UserError, match="not a readable .npz"):
+        vitkit.load(bad)
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes((FIX / "vit_token.npz").read_bytes()[:20000])
+    with pytest.raises(UserError, match="trunc.npz"):
+        vitkit.load(trunc)
+    with pytest.raises(UserError, match=r"unexpected \['extra/kernel'\]"):
+        vitkit.load(_rewrite(FIX / "vit_token.npz", tmp_path / "x.npz", lambda f: f.update({"extra/kernel": f["cls"]})))
+    with pytest.raises(UserError, match="missing.*encoderblock_1/LayerNorm_1/scale"):
+        vitkit.load(_rewrite(FIX / "vit_token.npz", tmp_path / "m.npz",
+                             lambda f: f.pop("Transformer/encoderblock_1/LayerNorm_1/scale")))
+    with pytest.raises(UserError, match="query kernel"):
+        vitkit.load(_rewrite(FIX / "vit_token.npz", tmp_path / "q.npz", lambda f: f.update({
+            "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel": np.zeros((16, 3, 4))})))
+    with pytest.raises(UserError, match="not a square"):
+        vitkit.load(_rewrite(FIX / "vit_token.npz", tmp_path / "p.npz", lambda f: f.update({
+            "Transformer/posembed_input/pos_embedding": np.zeros((1, 16, 16))})))
+    with pytest.raises(UserError, match="unknown hybrid ResNet layout"):
+        vitkit.load(_rewrite(FIX / "hybrid_r2.npz", tmp_path / "h.npz", lambda f: [
+            f.update({k.replace("block2/", "block3/"): f.pop(k)}) for k in list(f) if k.startswith("block2/")]))
+    with pytest.raises(UserError, match="gn_root/scale"):
+        vitkit.load(_rewrite(FIX / "hybrid_stem.npz", tmp_path / "g.npz", lambda f: f.update({
+            "gn_root/scale": np.zeros(48, np.float32)})))
+
+
+def test_bad_file_cli_one_line(tmp_path, capsys):
+    bad = tmp_path / "x.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("a.npy", b"garbage")
+    assert main(["convert", str(bad), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitkit: error:") and "x.npz" in err and "\n" not in err

@@ -1,0 +1,91 @@
+"""`vitkit convert SRC OUT`: read any checkpoint vitkit reads (official .npz, Hugging Face ViT folder, timm state
+dict, vitkit checkpoint) and write it as a vitkit checkpoint directory (default), an official .npz, a Hugging
+Face folder or a timm state dict.
+
+    vitkit convert ViT-B_16.npz ckpt/                       # official -> vitkit, architecture from the shapes
+    vitkit convert ViT-B_16.npz ckpt384/ --image-size 384   # position embeddings resized as the official code
+    vitkit convert google-vit-folder/ ckpt/                 # Hugging Face -> vitkit
+    vitkit convert ckpt/ hf-out/ --to hf                    # vitkit -> Hugging Face (ViTForImageClassification)
+    vitkit convert ckpt/ model.safetensors --to timm        # vitkit -> timm VisionTransformer state dict
+    vitkit convert ckpt/ out.npz --to npz                   # vitkit -> official .npz
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+# target -> "module:function(model, out_path)" writing that format
+WRITERS = {
+    "vitkit": "vitkit.checkpoint.io:save_checkpoint",
+    "npz": "vitkit.checkpoint.npz:save_npz",
+    "hf": "vitkit.checkpoint.hf:save_hf",
+    "timm": "vitkit.checkpoint.timm_sd:save_timm",
+}
+_BY_SUFFIX = {".npz": "npz", ".safetensors": "timm", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="checkpoint to read: official .npz, Hugging Face folder, timm .safetensors/.pth, "
+                               "or a vitkit checkpoint directory")
+    p.add_argument("out", help="where to write (a directory for vitkit/hf, a file for npz/timm)")
+    p.add_argument("--to", choices=sorted(WRITERS), default=None,
+                   help="output format (default: from OUT's suffix: .npz -> npz, .safetensors/.pth -> timm, "
+                        "otherwise a vitkit checkpoint directory)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resolution to convert for; position embeddings are interpolated (official method)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="class count; a different count than the source's gives a new zero-initialised head")
+
+
+def convert(src, out, to=None, image_size=None, num_classes=None):
+    import importlib
+
+    from . import io
+    from .surgery import reset_head, resize_model
+
+    to = to or _BY_SUFFIX.get(Path(out).suffix, "vitkit")
+    kw = {}
+    if image_size is not None:
+        kw["image_size"] = image_size
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    fmt = io.detect_format(src)
+    if fmt == "vitkit":  # the native reader takes no options; apply them here
+        model = io.load(src)
+        if num_classes is not None and num_classes != model.cfg.num_classes:
+            model = reset_head(model, num_classes)
+        if image_size is not None and image_size != model.cfg.image_size:
+            pre = model.preprocess
+            model = resize_model(model, image_size)
+            model.preprocess = type(pre)(**{**pre.to_dict(), "image_size": image_size})
+    else:
+        model = io.load(src, **kw)
+    mod, fn = WRITERS[to].split(":")
+    writer = getattr(importlib.import_module(mod), fn)
+    if to == "vitkit":
+        writer(out, model, getattr(model, "preprocess", None), getattr(model, "class_names", None),
+               extra={"converted_from": {"format": fmt, "path": str(src)}})
+    else:
+        writer(model, out)
+    return model, fmt, to
+
+
+def run(args) -> int:
+    if args.image_size is not None and args.image_size <= 0:
+        raise UserError(f"--image-size must be positive, got {args.image_size}")
+    if args.num_classes is not None and args.num_classes <= 0:
+        raise UserError(f"--num-classes must be positive, got {args.num_classes}")
+    model, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes)
+    c = model.cfg
+    arch = (f"{c.name or 'ViT'}: D={c.hidden_size} depth={c.depth} heads={c.num_heads} mlp={c.mlp_dim} "
+            f"patch={c.patch_size} image={c.image_size} classifier={c.classifier} classes={c.num_classes}"
+            + (f" pre_logits={c.representation_size}" if c.representation_size else "")
+            + (f" resnet={c.resnet}" if c.resnet else ""))
+    print(f"converted {args.src} ({fmt}) -> {args.out} ({to}); {arch}; {model.num_params():,} parameters")
+    if to == "npz" and (c.layer_norm_eps != 1e-6 or c.gelu_approximate != "tanh"):
+        print(f"note: the source uses LayerNorm eps {c.layer_norm_eps} and GELU approximate="
+              f"{c.gelu_approximate!r}; the official code computes with eps 1e-6 and tanh GELU")
+    return 0
