@@ -21,7 +21,8 @@ from ..errors import UserError
 WRITERS = {
     "vitkit": "vitkit.checkpoint.io:save_checkpoint",
     "npz": "vitkit.checkpoint.npz:save_npz",
-    "hf": "vitkit.checkpoint.hf:save_hf",
+    "hf": "vitkit.checkpoint.hf:save_hf",  # ViTForImageClassification
+    "hf-model": "vitkit.checkpoint.hf:save_hf_model",  # ViTModel (no head; pooler = pre-logits layer)
     "timm": "vitkit.checkpoint.timm_sd:save_timm",
 }
 _BY_SUFFIX = {".npz": "npz", ".safetensors": "timm", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
@@ -38,9 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resolution to convert for; position embeddings are interpolated (official method)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="class count; a different count than the source's gives a new zero-initialised head")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads of a timm state dict without vitkit metadata (no tensor shape holds it; "
+                        "default: the paper's count for the width)")
 
 
-def convert(src, out, to=None, image_size=None, num_classes=None):
+def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None):
     import importlib
 
     from . import io
@@ -53,6 +57,8 @@ def convert(src, out, to=None, image_size=None, num_classes=None):
     if num_classes is not None:
         kw["num_classes"] = num_classes
     fmt = io.detect_format(src)
+    if num_heads is not None and fmt == "timm":
+        kw["num_heads"] = num_heads
     if fmt == "vitkit":  # the native reader takes no options; apply them here
         model = io.load(src)
         if num_classes is not None and num_classes != model.cfg.num_classes:
@@ -78,7 +84,8 @@ def run(args) -> int:
         raise UserError(f"--image-size must be positive, got {args.image_size}")
     if args.num_classes is not None and args.num_classes <= 0:
         raise UserError(f"--num-classes must be positive, got {args.num_classes}")
-    model, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes)
+    model, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes,
+                                 args.num_heads)
     c = model.cfg
     arch = (f"{c.name or 'ViT'}: D={c.hidden_size} depth={c.depth} heads={c.num_heads} mlp={c.mlp_dim} "
             f"patch={c.patch_size} image={c.image_size} classifier={c.classifier} classes={c.num_classes}"
