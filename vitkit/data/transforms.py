@@ -257,12 +257,12 @@ def apply_op(op: str, x: torch.Tensor, magnitude: float, sign: Optional[torch.Te
             theta[:, 1, 0], theta[:, 1, 1] = a.sin(), a.cos()
         return affine(x, theta)
     if op == "Brightness":
-        return blend(torch.zeros_like(x), x, 1 + 0.9 * m * s)
+        return blend(torch.zeros(()), x, 1 + 0.9 * m * s)
     if op == "Color":
-        return x if x.shape[1] == 1 else blend(grayscale(x).expand_as(x), x, 1 + 0.9 * m * s)
+        return x if x.shape[1] == 1 else blend(grayscale(x), x, 1 + 0.9 * m * s)
     if op == "Contrast":
         mean = grayscale(x).float().mean((1, 2, 3), keepdim=True)
-        return blend(mean.expand(x.shape), x, 1 + 0.9 * m * s)
+        return blend(mean, x, 1 + 0.9 * m * s)
     if op == "Sharpness":
         return blend(smooth(x), x, 1 + 0.9 * m * s)
     if op == "Posterize":
@@ -279,9 +279,11 @@ def apply_op(op: str, x: torch.Tensor, magnitude: float, sign: Optional[torch.Te
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, factor) -> torch.Tensor:
-    """a + factor * (b - a), per image factor (B,), clamped to uint8: PIL ImageEnhance's formula."""
+    """a + factor * (b - a), per image factor (B,), clamped to uint8: PIL ImageEnhance's formula. `a` may be
+    anything that broadcasts against b (a scalar, a per-image mean, a 1-channel grey image)."""
     f = torch.as_tensor(factor, dtype=torch.float32).view(-1, 1, 1, 1)
-    out = a.float() + f * (b.float() - a.float())
+    a = a.float()
+    out = b.float().sub_(a).mul_(f).add_(a)  # in place: one float copy of the batch, not five
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -305,13 +307,17 @@ def smooth(x: torch.Tensor) -> torch.Tensor:
 
 
 def affine(x: torch.Tensor, theta: torch.Tensor, fill: int = RandAugment.FILL) -> torch.Tensor:
-    """Warp by theta (B, 2, 3) in normalised output->input coords, nearest sampling, outside filled with `fill`."""
-    grid = F.affine_grid(theta, x.shape, align_corners=False)
-    ones = torch.ones_like(x[:, :1], dtype=torch.float32)
-    warped = F.grid_sample(torch.cat([x.float(), ones], 1), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
-    img, inside = warped[:, :-1], warped[:, -1:]
-    return torch.where(inside > 0.5, img, torch.full_like(img, float(fill))).to(torch.uint8)
+    """Warp by theta (B, 2, 3) in normalised output->input coords (affine_grid's convention, align_corners=False),
+    nearest sampling, outside filled with `fill`. Nearest sampling is a gather, so the pixels stay uint8: only
+    the (B, H, W) source-index map is computed in float, never a float copy of the images."""
+    b, c, h, w = x.shape
+    grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
+    ix = ((grid[..., 0] + 1) * w - 1).div_(2).round_()  # round half to even, as grid_sample's nearest
+    iy = ((grid[..., 1] + 1) * h - 1).div_(2).round_()
+    inside = ((ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)).unsqueeze(1)
+    src = (iy.clamp_(0, h - 1) * w + ix.clamp_(0, w - 1)).long().view(b, 1, h * w).expand(b, c, h * w)
+    out = x.reshape(b, c, h * w).gather(2, src).view(b, c, h, w)
+    return out.masked_fill_(~inside.expand_as(out), fill)
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
@@ -328,7 +334,8 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalisation per image and channel, PIL's ImageOps.equalize algorithm, batched with scatter."""
     b, c, h, w = x.shape
     flat = x.reshape(b * c, h * w).long()
-    hist = torch.zeros(b * c, 256, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+    rows = torch.arange(b * c).mul_(256).view(-1, 1)
+    hist = torch.bincount((flat + rows).view(-1), minlength=b * c * 256).view(b * c, 256)
     # PIL: step = (count of all pixels but those of the last non-empty bin) // 255; step 0 -> unchanged
     last_bin = 255 - hist.flip(1).ne(0).long().argmax(1)
     last = hist.gather(1, last_bin[:, None])[:, 0]
