@@ -306,3 +306,46 @@ def test_analyze_cli_on_a_gap_model_and_the_embedded_dataset(tmp_path):
     assert "GAP" in rep["attention_maps"]["label"] and "pos_embed_similarity" not in rep["figures"]
     assert rep["mean_attention_distance"]["num_images"] == 20 and len(rep["attention_maps"]["images"]) == 3
     assert any("no position embedding" in n for n in rep["notes"])
+
+
+# ------------------------------------------------------------- the same rollout from other checkpoint formats
+
+
+def test_rollout_from_an_official_npz_equals_the_native_one(tmp_path):
+    npz = pytest.importorskip("vitkit.checkpoint.npz")
+    if not hasattr(npz, "save_npz"):
+        pytest.skip("vitkit.checkpoint.npz has no save_npz")
+    import vitkit
+
+    model = _tiny()
+    npz.save_npz(model, tmp_path / "m.npz")
+    loaded = vitkit.load(tmp_path / "m.npz")
+    x = torch.randn(2, 3, 16, 16)
+    a, b = collect_attention(model, x), collect_attention(loaded, x)
+    np.testing.assert_allclose(attention_rollout(b["attn"]), attention_rollout(a["attn"]), atol=1e-6)
+
+
+def test_rollout_of_a_hugging_face_model_matches_its_own_attentions(tmp_path):
+    """A transformers ViT saved with save_pretrained, loaded through vitkit.checkpoint.hf: the rollout of vitkit's
+    attention equals the rollout of the attentions transformers itself returns (output_attentions=True)."""
+    pytest.importorskip("vitkit.checkpoint.hf")
+    transformers = pytest.importorskip("transformers")
+    import vitkit
+
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    hf = transformers.ViTForImageClassification(cfg).eval()
+    for p in hf.parameters():
+        p.data.normal_(0, 0.5)
+    hf.save_pretrained(tmp_path / "hf")
+    model = vitkit.load(tmp_path / "hf")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        hf.config._attn_implementation = "eager"  # the path that returns the softmax weights
+        ref = hf(pixel_values=x, output_attentions=True).attentions
+    ours = collect_attention(model, x)["attn"]
+    assert len(ours) == len(ref) == 2
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(attention_rollout(ours), attention_rollout(ref), atol=1e-6)
