@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -55,11 +56,13 @@ _WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
 def load_weights_only(path: Path) -> dict:
     """torch.load(weights_only=True); anything that needs arbitrary unpickling is refused in one line."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = re.search(r"Unsupported (?:global|operand)[^.\n]*", str(e))
         raise UserError(f"{path} needs arbitrary unpickling to load (a pickle of Python objects, not a weights-only "
-                        f"state dict), which vitkit refuses: {first}") from None
+                        f"state dict), which vitkit refuses to do" + (f" ({what.group(0)})" if what else "")) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable PyTorch state dict (truncated or corrupt: {first})") from None
