@@ -342,7 +342,8 @@ def read_idx_split(name: str, split: str, data_dir=None, download: bool = False)
         if all(any(_download(u + f.name, target / f.name, f.md5) for u in src.urls) for f in files):
             paths = [target / f.name for f in files]
     if paths is None:
-        raise UserError(f"{name} {split} files not found: {', '.join(f.name for f in files)}; put them in "
+        tried = f"; could not download them from {src.urls[0]} (offline?)" if download else ""
+        raise UserError(f"{name} {split} files not found: {', '.join(f.name for f in files)}{tried}; put them in "
                         f"{_where_to_put(name, data_dir)}")
     images = _parse_idx(_read_checked(paths[0], files[0]), paths[0], ndim=3)
     labels = _parse_idx(_read_checked(paths[1], files[1]), paths[1], ndim=1)
@@ -452,7 +453,8 @@ def _cifar_source(name: str, data_dir, download: bool):
         dest = cache_dir() / name / tarball.name
         if _download(info["url"] + tarball.name, dest, tarball.md5, timeout=30):
             return "tar", dest
-    raise UserError(f"{name} not found: need {tarball.name} or its extracted folder {folder}/; put it in "
+    tried = f"; could not download it from {info['url']} (offline?)" if download else ""
+    raise UserError(f"{name} not found: need {tarball.name} or its extracted folder {folder}/{tried}; put it in "
                     f"{_where_to_put(name, data_dir)}")
 
 

@@ -193,8 +193,9 @@ def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0
 
 class RandAugment:
     """RandAugment (Cubuk et al. 2020) on uint8 batches: each image gets `num_ops` ops drawn uniformly from
-    OPS, each at the fixed `magnitude` (0-10 scale as in the TF/big_vision code, where "randaug(2, 15)" of
-    AugReg goes past 10) with a random sign for the signed ops.
+    OPS, each at the fixed `magnitude` with a random sign for the signed ops. Magnitude is on the 0-10 scale of
+    the TF/big_vision code and timm ("rand-m9" = RandAugment(2, 9) here; AugReg's "randaug(2, 15)" goes past
+    10); torchvision's magnitude 9 of its 31 bins is 3 here.
 
     The 14 ops are torchvision's set: Identity, ShearX/Y, TranslateX/Y, Rotate, Brightness, Color, Contrast,
     Sharpness, Posterize, Solarize, AutoContrast, Equalize. Geometric ops use nearest sampling and fill with 128
@@ -259,15 +260,16 @@ def apply_op(op: str, x: torch.Tensor, magnitude: float, sign: Optional[torch.Te
             theta[:, 0, 0], theta[:, 0, 1] = a.cos(), -a.sin()
             theta[:, 1, 0], theta[:, 1, 1] = a.sin(), a.cos()
         return affine(x, theta)
+    factor = (1 + 0.9 * m * s).clamp(min=0.0)  # enhance factor of the blend ops; >= 0 even past magnitude 10
     if op == "Brightness":
-        return blend(torch.zeros(()), x, 1 + 0.9 * m * s)
+        return blend(torch.zeros(()), x, factor)
     if op == "Color":
-        return x if x.shape[1] == 1 else blend(grayscale(x), x, 1 + 0.9 * m * s)
+        return x if x.shape[1] == 1 else blend(grayscale(x), x, factor)
     if op == "Contrast":
         mean = grayscale(x).float().mean((1, 2, 3), keepdim=True)
-        return blend(mean, x, 1 + 0.9 * m * s)
+        return blend(mean, x, factor)
     if op == "Sharpness":
-        return blend(smooth(x), x, 1 + 0.9 * m * s)
+        return blend(smooth(x), x, factor)
     if op == "Posterize":
         bits = 8 - int(min(m, 1.0) * 4)  # 8 (no change) .. 4 bits, as torchvision
         return x & (0xFF << (8 - bits) & 0xFF)
@@ -334,7 +336,7 @@ def autocontrast(x: torch.Tensor) -> torch.Tensor:
 
 
 def equalize(x: torch.Tensor) -> torch.Tensor:
-    """Histogram equalisation per image and channel, PIL's ImageOps.equalize algorithm, batched with scatter."""
+    """Histogram equalisation per image and channel, PIL's ImageOps.equalize algorithm, batched with one bincount."""
     b, c, h, w = x.shape
     flat = x.reshape(b * c, h * w).long()
     rows = torch.arange(b * c).mul_(256).view(-1, 1)
