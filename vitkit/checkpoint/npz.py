@@ -256,17 +256,23 @@ def infer_config(flat: dict[str, np.ndarray], path="checkpoint", image_size: Opt
         return ViTConfig(image_size=image_size, patch_size=P, hidden_size=D, depth=len(blocks), num_heads=q[1],
                          mlp_dim=mlp, num_classes=classes, in_chans=cin_img, classifier="token" if token else "gap",
                          pos_embed=pos_embed, representation_size=rep, layer_norm_eps=1e-6, gelu_approximate="tanh",
-                         resnet=resnet, name=_name(D, len(blocks), P, resnet))
+                         resnet=resnet, name=_name(D, len(blocks), q[1], mlp, P, resnet))
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
 
 
-def _name(D, depth, P, resnet) -> str:
+def _name(D, depth, heads, mlp, P, resnet) -> str:
     from ..config import SIZES
 
-    size = next((k for k, v in SIZES.items() if v["hidden_size"] == D and v["depth"] == depth), f"D{D}x{depth}")
+    want = dict(hidden_size=D, depth=depth, num_heads=heads, mlp_dim=mlp)
+    size = next((k for k, v in SIZES.items() if v == want and k != "testing"), f"D{D}x{depth}")
     if resnet is None:
         return f"ViT-{size}/{P}"
+    from ..hybrid import hybrid_variants
+
+    for name, h in hybrid_variants().items():  # the official hybrids by name: R50+ViT-B/16, ...
+        if h["size"] == size and h["patch_size"] == P and h["resnet"] == resnet:
+            return name
     return f"R{'x'.join(map(str, resnet['layers'])) or '-root'}+ViT-{size}/{P}"
 
 
