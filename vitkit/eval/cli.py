@@ -1,0 +1,66 @@
+"""`vitkit eval CKPT --dataset D`: top-1, top-5, loss and per-class accuracy of any checkpoint vitkit reads.
+
+The checkpoint's own preprocessing is used: dataset images are resized to its image size and converted to its
+channel count (see vitkit/eval/evaluate.py). `--json` prints one JSON object instead of the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory or file (vitkit, Hugging Face, official .npz, timm)")
+    p.add_argument("--dataset", default="embedded", help="embedded (default), fashion-mnist, mnist, cifar10, "
+                   "cifar100 or imagefolder:PATH")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes (image folders)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint.io import load
+    from ..data.datasets import load_dataset
+    from ..train.distributed import resolve_device
+    from .evaluate import evaluate
+
+    device = resolve_device(args.device)
+    model = load(args.checkpoint, device=device)
+    pre = model.preprocess
+    ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir, image_size=pre.image_size,
+                      channels=pre.channels)
+    k_model, k_data = model.cfg.num_classes, len(ds.class_names)
+    if k_data > k_model:
+        raise UserError(f"{args.dataset} has {k_data} classes but the checkpoint's head has {k_model}; "
+                        f"fine-tune it first (vitkit train --init {args.checkpoint} --dataset {args.dataset})")
+    n = len(ds.labels) if args.limit is None else min(args.limit, len(ds.labels))
+    t0 = time.perf_counter()
+    r = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, indices=torch.arange(n),
+                 device=device, num_workers=args.workers)
+    r["per_class"] = {name: r["per_class"].get(str(model.class_names[i]) if i < len(model.class_names) else str(i))
+                      for i, name in enumerate(ds.class_names)}
+    r.update(dataset=args.dataset, split=args.split, checkpoint=str(args.checkpoint),
+             time_s=round(time.perf_counter() - t0, 2))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{args.checkpoint} on {args.dataset} ({args.split}, {r['n']} images)")
+    print(f"  top-1  {100 * r['top1']:6.2f}%")
+    print(f"  top-5  {100 * r['top5']:6.2f}%")
+    print(f"  loss   {r['loss']:.4f}")
+    width = max(len(str(c)) for c in r["per_class"]) if r["per_class"] else 5
+    print("  per class:")
+    for name, acc in r["per_class"].items():
+        print(f"    {name:<{width}}  " + ("   n/a" if acc is None else f"{100 * acc:6.2f}%"))
+    return 0

@@ -1,0 +1,94 @@
+"""Top-1 / top-5 accuracy, mean cross-entropy and per-class accuracy of a model on a dataset.
+
+    evaluate(model, dataset, batch_size=256, precision="fp32") -> {top1, top5, loss, n, per_class: {name: acc}}
+
+The model's own preprocessing is used (`model.preprocess`, from its checkpoint): dataset batches are resized to
+its image size (`resize_batch`) and converted to its channel count (gray <-> RGB) before normalisation, so any
+checkpoint can be evaluated on any dataset with the same classes. `evaluate_counts` returns summable tensors so
+that the training loop can shard evaluation over processes and all-reduce them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _preprocess_of(model):
+    from ..data.preprocess import Preprocess
+
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    pre = getattr(inner, "preprocess", None)
+    if pre is None:
+        c = inner.cfg.in_chans
+        pre = Preprocess(image_size=inner.cfg.image_size, channels=c, mean=(0.5,) * c, std=(0.5,) * c)
+    return pre, inner
+
+
+@torch.no_grad()
+def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batch_size: int = 256,
+                    precision: str = "fp32", preprocess=None, device=None, num_workers: int = 0) -> dict:
+    """Sums over `indices` (default: the whole dataset): correct top-1 / top-5, summed loss, count, and per-class
+    correct / total, as float64 tensors on `device`."""
+    from ..data.datasets import iterate_batches, resize_batch
+    from ..train.loop import autocast, to_channels
+
+    pre, inner = _preprocess_of(model)
+    pre = preprocess or pre
+    device = torch.device(device) if device is not None else next(inner.parameters()).device
+    k = inner.cfg.num_classes
+    if indices is None:
+        indices = torch.arange(len(dataset.labels))
+    was_training = model.training
+    model.eval()
+    c1 = torch.zeros((), dtype=torch.float64)
+    c5 = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    cls_correct = torch.zeros(k, dtype=torch.float64)
+    cls_total = torch.zeros(k, dtype=torch.float64)
+    try:
+        for images, labels in iterate_batches(dataset, indices, batch_size, num_workers=num_workers):
+            images = resize_batch(to_channels(images, pre.channels), pre.image_size)
+            x = pre.normalize(images).to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            logits = logits.float().cpu()
+            labels = labels.long()
+            if int(labels.max()) >= k:
+                from ..errors import UserError
+
+                raise UserError(f"the dataset has label {int(labels.max())} but the model has only {k} classes")
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+            top = logits.topk(min(5, k), dim=1).indices
+            hit1 = top[:, 0] == labels
+            c1 += hit1.sum()
+            c5 += (top == labels[:, None]).any(1).sum()
+            cls_total += torch.bincount(labels, minlength=k).double()
+            cls_correct += torch.bincount(labels[hit1], minlength=k).double()
+    finally:
+        model.train(was_training)
+    n = torch.tensor(float(len(indices)), dtype=torch.float64)
+    return {k_: v.to(device) for k_, v in dict(correct1=c1, correct5=c5, loss_sum=loss_sum, n=n,
+                                              class_correct=cls_correct, class_total=cls_total).items()}
+
+
+def summarize(counts: dict, class_names) -> dict:
+    n = max(float(counts["n"]), 1.0)
+    correct, total = counts["class_correct"].cpu(), counts["class_total"].cpu()
+    names = list(class_names) if class_names else [str(i) for i in range(len(total))]
+    per_class = {str(names[i]) if i < len(names) else str(i): (float(correct[i] / total[i]) if total[i] else None)
+                 for i in range(len(total))}
+    return {"top1": float(counts["correct1"]) / n, "top5": float(counts["correct5"]) / n,
+            "loss": float(counts["loss_sum"]) / n, "n": int(counts["n"]), "per_class": per_class}
+
+
+def evaluate(model, dataset, batch_size: int = 256, precision: str = "fp32", indices=None, device=None,
+             num_workers: int = 0) -> dict:
+    """{top1, top5, loss, n, per_class: {class name: accuracy}} of `model` on `dataset` (fractions in [0, 1])."""
+    _, inner = _preprocess_of(model)
+    names = getattr(inner, "class_names", None) or getattr(dataset, "class_names", None)
+    return summarize(evaluate_counts(model, dataset, indices, batch_size, precision, device=device,
+                                     num_workers=num_workers), names)
