@@ -9,7 +9,6 @@ expect noise of tens of percent.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

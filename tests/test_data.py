@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import io
 import pickle
 import shutil
 import tarfile
@@ -246,7 +245,8 @@ def _patched_cifar10(md5s: dict, tar_md5: str = "") -> dict:
 def test_cifar_folder_and_tarball(tmp_path, monkeypatch):
     md5s = _fake_cifar10(tmp_path / "folder")
     # the official md5s are enforced: the fake folder fails them
-    with pytest.raises(UserError, match="data_batch_1: checksum mismatch: expected md5 c99cafc152244af753f735de768cd75f"):
+    with pytest.raises(UserError, match="data_batch_1: checksum mismatch: expected md5 "
+                                        "c99cafc152244af753f735de768cd75f"):
         load_dataset("cifar10", data_dir=tmp_path / "folder")
     monkeypatch.setitem(ds._CIFAR, "cifar10", _patched_cifar10(md5s))
     train = load_dataset("cifar10", data_dir=tmp_path / "folder")
@@ -413,7 +413,8 @@ def test_imagefolder_user_errors(tmp_path):
         ImageFolderDataset(tmp_path, "train", 32, 3)
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "only" / "x.png")
     assert len(ImageFolderDataset(tmp_path, "train", 32, 3)) == 1
-    with pytest.raises(UserError, match=f"no test split: expected the folder {tmp_path / 'val'} or {tmp_path / 'test'}"):
+    expected = f"no test split: expected the folder {tmp_path / 'val'} or {tmp_path / 'test'}"
+    with pytest.raises(UserError, match=expected):
         ImageFolderDataset(tmp_path, "test", 32, 3)
     (tmp_path / "val" / "stranger").mkdir(parents=True)
     with pytest.raises(UserError, match=r"class folders \['stranger'\]"):

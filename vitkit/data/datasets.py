@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .imagefolder import ImageFolderDataset  # photos, decoded lazily: its own module, part of this API
 
 DATASET_NAMES = ["embedded", "fashion-mnist", "mnist", "cifar10", "cifar100"]  # plus "imagefolder:PATH"
 EMBEDDED_FILE = Path(__file__).with_name("embedded") / "fashion_mnist_12k.npz"
@@ -132,7 +133,8 @@ class ArrayDataset:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list, name: str,
                  flip_ok: bool = True):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"ArrayDataset images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"ArrayDataset images must be uint8 (N, C, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -171,8 +173,6 @@ def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Opt
     """
     spec = spec.strip()
     if spec.lower().startswith("imagefolder:"):
-        from .imagefolder import ImageFolderDataset
-
         if image_size is None or channels is None:
             raise UserError("imagefolder datasets need image_size and channels (the model's) to decode images")
         return ImageFolderDataset(spec.split(":", 1)[1], split, image_size=image_size, channels=channels)
@@ -311,7 +311,8 @@ def _read_checked(path: Path, f: DataFile) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as e:
-            raise UserError(f"{path} is not a valid gzip file ({e}); expected md5 {f.md5}, got {md5sum(data)}") from None
+            raise UserError(f"{path} is not a valid gzip file ({e}); expected md5 {f.md5}, "
+                            f"got {md5sum(data)}") from None
     got = md5sum(data)
     if got != f.raw_md5:
         raise UserError(f"{path}: checksum mismatch: expected md5 {f.md5} (or {f.raw_md5} decompressed), got {got}")
@@ -498,5 +499,3 @@ def _cifar_arrays(batches, meta, label_key: str, names_key: str):
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
     return images, labels, names
 
-
-from .imagefolder import ImageFolderDataset  # noqa: E402  (lazy photos; its own module)
