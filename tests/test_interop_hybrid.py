@@ -59,3 +59,15 @@ def test_hybrid_trains_a_step():
     loss = model(torch.randn(2, 3, 64, 64)).logsumexp(-1).sum()
     loss.backward()
     assert model.stem.stem.conv.weight.grad is not None
+
+
+def test_timm_norm_constants():
+    official = ResNetStem({"layers": [1], "width": 0.5})
+    timm = ResNetStem({"layers": [1], "width": 0.5, "norm": "timm"})
+    assert official.stem.norm.eps == 1e-6 and timm.stem.norm.eps == 1e-5
+    timm.load_state_dict(official.state_dict())
+    w = official.stem.conv.weight.detach().double()
+    c = w - w.mean(dim=(1, 2, 3), keepdim=True)
+    var = c.pow(2).mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(timm.stem.conv.standardized_weight().double(), c / (var + 1e-8).sqrt(), atol=1e-6)
+    assert torch.allclose(official.stem.conv.standardized_weight().double(), c / (var.sqrt() + 1e-5), atol=1e-6)

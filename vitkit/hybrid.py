@@ -17,7 +17,8 @@ Output stride: 4 (root) * 2**(stages - 1), so (3, 4, 9) -> 16 and (2, 2, 2, 2) o
 stages ("R+ViT-Ti/16") only the root block runs (stride 4).
 
 `cfg.resnet` layout: {"layers": [3, 4, 9], "width": 1}: bottleneck units per stage, and the official
-width_factor (root width 64 * width; 0.5 is allowed, as the official code allows it).
+width_factor (root width 64 * width; 0.5 is allowed, as the official code allows it), and optionally
+"norm": "timm" for timm's normalisation constants (see NORMS).
 
 Parameter names follow timm's ResNetV2 as the hybrid ViT uses it (stem.conv, stem.norm,
 stages.N.blocks.M.{downsample.conv, downsample.norm, conv1..3, norm1..3}),
@@ -37,13 +38,17 @@ from .errors import UserError
 
 WS_EPS = 1e-5  # weight standardisation: added to the std (official models_resnet.weight_standardize)
 GN_EPS = 1e-6  # flax.linen.GroupNorm default
+# "norm" in the layout: whose normalisation constants. timm's hybrids standardise with (w - mean) / sqrt(var + 1e-8)
+# and use GroupNorm eps 1e-5; a timm file keeps timm's numerics ("timm"), everything else is "official".
+NORMS = {"official": dict(ws_var_eps=None, gn_eps=GN_EPS), "timm": dict(ws_var_eps=1e-8, gn_eps=1e-5)}
 GN_GROUPS = 32
 ROOT_STRIDE = 4
 
 
 def check_layout(resnet: dict) -> tuple[list[int], float]:
     """Validate a cfg.resnet dict and return (layers, width_factor); a UserError names what is wrong."""
-    if not isinstance(resnet, dict) or set(resnet) - {"layers", "width"} or "layers" not in resnet:
+    if not isinstance(resnet, dict) or set(resnet) - {"layers", "width", "norm"} or "layers" not in resnet \
+            or resnet.get("norm", "official") not in NORMS:
         raise UserError(f"unknown hybrid ResNet layout {resnet!r}: expected {{'layers': [n1, n2, ...], "
                         f"'width': w}}, e.g. {{'layers': [3, 4, 9], 'width': 1}} for R50+ViT-B/16")
     layers, width = list(resnet["layers"]), resnet.get("width", 1)
@@ -72,13 +77,16 @@ class StdConv2d(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1):
         super().__init__(cin, cout, k, stride=stride, padding=0, bias=False)
+        self.var_eps = None  # None: official (w - mean) / (std + 1e-5); a number: timm's / sqrt(var + eps)
 
     def standardized_weight(self) -> torch.Tensor:
         w = self.weight
         mean = w.mean(dim=(1, 2, 3), keepdim=True)
         w = w - mean
-        std = w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # population std, as jnp.std
-        return w / (std + WS_EPS)
+        var = w.pow(2).mean(dim=(1, 2, 3), keepdim=True)  # population variance, as jnp.std
+        if self.var_eps is not None:
+            return w / (var + self.var_eps).sqrt()
+        return w / (var.sqrt() + WS_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size[0], self.stride[0]
@@ -160,9 +168,13 @@ class ResNetStem(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.out_chans = cin
         self.stride = resnet_stride(resnet)
-        for m in self.modules():  # lecun-normal-like init for fresh (untrained) hybrids
-            if isinstance(m, StdConv2d):
+        norm = NORMS[resnet.get("norm", "official")]
+        for m in self.modules():
+            if isinstance(m, StdConv2d):  # He-normal init for fresh (untrained) hybrids
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                m.var_eps = norm["ws_var_eps"]
+            elif isinstance(m, nn.GroupNorm):
+                m.eps = norm["gn_eps"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -14,8 +14,8 @@ Numerics: timm computes exact GELU and LayerNorm eps 1e-6, so a timm file become
 gelu_approximate "none" (unless the vitkit metadata says otherwise). timm's GAP models apply the final LayerNorm
 *after* pooling (fc_norm), which vitkit does not model (the official GAP normalises tokens, then pools): such
 files are refused by name. timm's hybrids standardise conv weights with eps 1e-8 inside the square root and use
-GroupNorm eps 1e-5, where vitkit (official) uses 1e-5 added to the std and 1e-6: a timm hybrid loads with the
-official numerics (differences ~1e-4 in logits).
+GroupNorm eps 1e-5, where the official code adds 1e-5 to the std and uses 1e-6: a timm hybrid keeps timm's
+constants (resnet layout "norm": "timm"), an official one written as timm keeps the official ones (metadata).
 
 .pth files are read with torch.load(weights_only=True) only: a file that needs arbitrary unpickling is refused.
 """
@@ -113,7 +113,7 @@ def infer_config(state: dict, path, num_heads: Optional[int] = None) -> ViTConfi
         stages = block_indices(state, r"stem\.stages\.(\d+)\.")
         layers = [len(block_indices(state, rf"stem\.stages\.{s}\.blocks\.(\d+)\.")) for s in stages]
         width = state["stem.stem.conv.weight"].shape[0] / 64
-        resnet = {"layers": layers, "width": int(width) if width.is_integer() else width}
+        resnet = {"layers": layers, "width": int(width) if width.is_integer() else width, "norm": "timm"}
         from ..hybrid import resnet_stride
 
         stride = P * resnet_stride(resnet)
