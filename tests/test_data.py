@@ -419,3 +419,20 @@ def test_imagefolder_user_errors(tmp_path):
     (tmp_path / "val" / "stranger").mkdir(parents=True)
     with pytest.raises(UserError, match=r"class folders \['stranger'\]"):
         ImageFolderDataset(tmp_path, "val", 32, 3)
+
+
+def test_imagefolder_decodes_with_a_checkpoints_preprocess(tmp_path):
+    from vitkit.data.preprocess import Preprocess
+
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        rng = np.random.default_rng(len(cls) + ord(cls))
+        Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(tmp_path / "train" / cls / "x.png")
+    pre = Preprocess(image_size=24, channels=3, resize="bicubic", crop_pct=0.875)
+    d = load_dataset(f"imagefolder:{tmp_path}", preprocess=pre)
+    assert d.image_size == 24 and d.channels == 3
+    x, _ = d[1]
+    with Image.open(tmp_path / "train" / "b" / "x.png") as im:
+        assert np.array_equal(x.permute(1, 2, 0).numpy(), pre.to_array(im))
+    plain = load_dataset(f"imagefolder:{tmp_path}", image_size=24, channels=3)[1][0]
+    assert not torch.equal(plain, x)  # centre crop + bicubic really differ from a plain resize

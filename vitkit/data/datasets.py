@@ -164,18 +164,21 @@ class ArrayDataset:
 
 
 def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Optional[int] = None,
-                 channels: Optional[int] = None, download: Optional[bool] = None):
+                 channels: Optional[int] = None, download: Optional[bool] = None, preprocess=None):
     """An ArrayDataset for a named dataset, an ImageFolderDataset for "imagefolder:PATH".
 
     split: "train" or "test" ("val" is accepted as another name for the eval split). image_size and channels
     are needed for imagefolder (images are decoded straight to the model's size); the named datasets ignore them
     and come at their natural size (use `resize_batch`). download: None = allowed unless VITKIT_NO_DOWNLOAD=1.
+    preprocess: for imagefolder, decode with this Preprocess (a checkpoint's) instead of image_size/channels, so
+    that eval on a folder matches predict exactly even for crop_pct < 1 or bicubic resizing.
     """
     spec = spec.strip()
     if spec.lower().startswith("imagefolder:"):
-        if image_size is None or channels is None:
+        if preprocess is None and (image_size is None or channels is None):
             raise UserError("imagefolder datasets need image_size and channels (the model's) to decode images")
-        return ImageFolderDataset(spec.split(":", 1)[1], split, image_size=image_size, channels=channels)
+        return ImageFolderDataset(spec.split(":", 1)[1], split, image_size=image_size or 0, channels=channels or 0,
+                                  preprocess=preprocess)
     split = {"val": "test", "validation": "test"}.get(split, split)
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")

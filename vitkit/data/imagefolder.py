@@ -81,17 +81,21 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     flip_ok = True
 
     def __init__(self, path, split: str = "train", image_size: int = 224, channels: int = 3,
-                 warn: bool = True):
+                 warn: bool = True, preprocess: Preprocess | None = None):
+        """preprocess: decode with this (a checkpoint's, e.g. with crop_pct < 1 or bicubic) instead of a plain
+        bilinear resize to image_size; its image_size and channels then win."""
         if split not in ("train", "test", "val"):
             raise UserError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
         self.root = Path(path).expanduser()
         if not self.root.is_dir():
             raise UserError(f"imagefolder: {self.root} is not a directory")
         self.split = split
-        self.preprocess = Preprocess(image_size=image_size, channels=channels, mean=(0.5,) * channels,
-                                     std=(0.5,) * channels)
-        self.channels = channels
-        self.image_size = image_size
+        if preprocess is None:
+            preprocess = Preprocess(image_size=image_size, channels=channels, mean=(0.5,) * channels,
+                                    std=(0.5,) * channels)
+        self.preprocess = preprocess
+        self.channels = preprocess.channels
+        self.image_size = preprocess.image_size
         self.name = f"imagefolder:{self.root}"
         self.class_names = self._classes()
         split_dir = eval_split_dir(self.root, split)
