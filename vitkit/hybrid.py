@@ -28,7 +28,6 @@ so the timm key table is a prefix swap (timm: patch_embed.backbone.* <-> vitkit:
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
