@@ -412,7 +412,10 @@ def test_imagefolder_user_errors(tmp_path):
     with pytest.raises(UserError, match="no readable images in"):
         ImageFolderDataset(tmp_path, "train", 32, 3)
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "only" / "x.png")
-    assert len(ImageFolderDataset(tmp_path, "train", 32, 3)) == 1
+    with pytest.raises(UserError, match=r"no readable images for class\(es\) \['other'\]"):
+        ImageFolderDataset(tmp_path, "train", 32, 3)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "other" / "y.png")
+    assert len(ImageFolderDataset(tmp_path, "train", 32, 3)) == 2
     expected = f"no test split: expected the folder {tmp_path / 'val'} or {tmp_path / 'test'}"
     with pytest.raises(UserError, match=expected):
         ImageFolderDataset(tmp_path, "test", 32, 3)

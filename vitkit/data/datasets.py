@@ -201,7 +201,7 @@ def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Opt
 
 
 def load_embedded(split: str = "train") -> ArrayDataset:
-    """The Fashion-MNIST subset shipped in the package (see embedded/README.md for which images)."""
+    """The Fashion-MNIST subset shipped in the package (embedded/LICENSE-fashion-mnist.md says which images)."""
     with np.load(EMBEDDED_FILE, allow_pickle=False) as z:
         images, labels = z[f"{split}_images"], z[f"{split}_labels"]
         classes = [str(c) for c in z["class_names"]]

@@ -126,6 +126,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise UserError(f"imagefolder: no readable images in {split_dir} (looked in {len(self.class_names)} "
                             f"class folders; skipped {len(self.skipped)} files)")
         self.labels = torch.tensor(labels, dtype=torch.int64)
+        empty = [c for c, n in zip(self.class_names, self.labels.bincount(minlength=len(self.class_names))) if n == 0]
+        if empty and split == "train":  # a class the model could never learn; an eval split may lack classes
+            raise UserError(f"imagefolder: no readable images for class(es) {empty} in {split_dir}")
         if self.skipped and warn:
             shown = ", ".join(f"{p} ({r})" for p, r in self.skipped[:5])
             more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
