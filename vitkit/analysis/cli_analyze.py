@@ -51,7 +51,7 @@ def run(args) -> int:
     import vitkit
     from ..eval.features import load_split, model_inputs
     from .attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,
-                            rollout_map)
+                            patch_distance_matrix, rollout_map)
     from .embeddings import embedding_filter_pcs, pos_embed_similarity, position_grid, row_column_similarity
     from .explain import open_image, rollout_label
     from .plots import (plot_attention_distance, plot_embedding_filters, plot_head_maps, plot_pos_embed_similarity,
@@ -138,13 +138,15 @@ def run(args) -> int:
         total = d if total is None else total + d
         count += len(x)
     mad = total / count
-    fig = plot_attention_distance(mad, cfg.image_size, num_images=count,
+    uniform = float(patch_distance_matrix(grid, ppt).mean())
+    fig = plot_attention_distance(mad, cfg.image_size, num_images=count, uniform=uniform,
                                   title=f"Mean attention distance by head ({count} images of {source})")
     fig.savefig(out / "attention_distance.png")
     report["figures"]["attention_distance"] = "attention_distance.png"
     report["mean_attention_distance"] = {"pixels": mad.round(4).tolist(), "per_layer_mean": mad.mean(1).round(4)
                                          .tolist(), "num_images": count, "source": source,
                                          "pixels_per_token": ppt, "image_size": cfg.image_size,
+                                         "uniform_attention_pixels": round(uniform, 4),
                                          "convention": "patch tokens only; weights renormalised over key patches"}
 
     # -- Fig. 6 / D.8: rollout overlays and last-layer heads ----------------------------------------------
@@ -173,7 +175,8 @@ def run(args) -> int:
     print(f"wrote {', '.join(sorted(report['figures'].values()))} and analysis.json to {out} "
           f"({report['seconds']:.1f} s)")
     print("mean attention distance (px) per layer: " + " ".join(f"L{i + 1}={v:.1f}" for i, v in
-                                                                 enumerate(mad.mean(1))))
+                                                                 enumerate(mad.mean(1))) +
+          f" (uniform attention: {uniform:.1f})")
     for note in report["notes"]:
         print(f"note: {note}")
     return 0

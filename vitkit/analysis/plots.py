@@ -121,9 +121,10 @@ def plot_pos_embed_similarity(sim, title: Optional[str] = None) -> Figure:
 
 
 def plot_attention_distance(mad, image_size: Optional[int] = None, title: Optional[str] = None,
-                            num_images: Optional[int] = None) -> Figure:
+                            num_images: Optional[int] = None, uniform: Optional[float] = None) -> Figure:
     """Fig. 7 right: mean attention distance (pixels) against network depth (layer), one point per head,
-    coloured by head index."""
+    coloured by head index. `uniform`: the distance of uniform attention over all patches, drawn as a reference
+    line (``patch_distance_matrix(g, P).mean()``)."""
     d = np.asarray(mad, np.float64)
     layers, heads = d.shape
     fig = _figure(6.0, 4.5)
@@ -135,10 +136,12 @@ def plot_attention_distance(mad, image_size: Optional[int] = None, title: Option
         ax.scatter(np.arange(1, layers + 1) + jitter, d[:, h], s=22, color=cmap(h % cmap.N), label=f"Head {h + 1}",
                    edgecolors="k", linewidths=0.3)
     ax.plot(np.arange(1, layers + 1), d.mean(1), color="0.4", lw=1, ls="--", label="mean over heads")
+    if uniform is not None:
+        ax.axhline(uniform, color="tab:red", lw=1, ls=":", label=f"uniform attention ({uniform:.1f} px)")
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
     ax.set_xticks(np.arange(1, layers + 1))
-    top = max(float(d.max()) * 1.1, 1.0)
+    top = max(float(d.max()) * 1.1, 1.0, 1.1 * (uniform or 0))
     if image_size:
         top = max(top, 0.5 * image_size)
     ax.set_ylim(0, top)
