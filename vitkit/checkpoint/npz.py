@@ -333,24 +333,25 @@ def to_state_dict(flat: dict[str, np.ndarray], path="checkpoint") -> tuple[dict,
     return state, unexpected, origin
 
 
-def from_state_dict(state: dict, cfg: ViTConfig) -> dict[str, np.ndarray]:
-    """vitkit state dict -> canonical official parameter dict (current flax layout), float32 numpy arrays."""
+def from_state_dict(state: dict, cfg: ViTConfig, names_only: bool = False) -> dict[str, np.ndarray]:
+    """vitkit state dict -> canonical official parameter dict (current flax layout), float32 numpy arrays
+    (with names_only: the official names, values None)."""
     _HEADS["heads"] = cfg.num_heads
     parts = {}
     for name, t in state.items():
         m = re.match(r"(blocks\.\d+\.attn)\.qkv\.(weight|bias)$", name)
         if m:
-            for p, part in zip(_QKV, t.chunk(3, dim=0)):
+            for p, part in zip(_QKV, (None,) * 3 if names_only else t.chunk(3, dim=0)):
                 parts[f"{m.group(1)}.{p}.{m.group(2)}"] = part
         else:
             parts[name] = t
     out = {}
     for name, t in parts.items():
-        a = t.detach().cpu().float().numpy()
         for rx, template, back in _BACKWARD:
             m = rx.match(name)
             if m:
-                out[_fill(template, m.groupdict())] = np.ascontiguousarray(back(a))
+                out[_fill(template, m.groupdict())] = None if names_only else \
+                    np.ascontiguousarray(back(t.detach().cpu().float().numpy()))
                 break
         else:
             raise UserError(f"tensor {name} has no official .npz equivalent (only learned 1D position embeddings "
@@ -363,7 +364,7 @@ def expected_official_names(cfg: ViTConfig) -> set[str]:
 
     with torch.device("meta"):
         model = ViT(cfg)
-    return set(from_state_dict({k: torch.zeros(v.shape) for k, v in model.state_dict().items()}, cfg))
+    return set(from_state_dict(model.state_dict(), cfg, names_only=True))
 
 
 # -- load / save -----------------------------------------------------------------------------------------------
@@ -373,7 +374,6 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
     load_pretrained does; `num_classes` different from the checkpoint's gives a new zero-initialised head.
     `dtype` (default: float32, or float64 for a float64 file) is the model's dtype, applied before resizing."""
     from ..model import ViT
-    from .io import load_state_dict_strict
     from .surgery import reset_head
 
     path = Path(path)
@@ -386,7 +386,8 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
         raise UserError(f"{path}: tensors do not fit the architecture the checkpoint describes ({cfg.name}): "
                         f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected "
                         f"{sorted(unexpected)[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    model = ViT(cfg)
+    with torch.device("meta"):  # no random init of weights that are replaced anyway
+        model = ViT(cfg)
     own = model.state_dict()
     for k, v in state.items():
         if tuple(own[k].shape) != tuple(v.shape):
@@ -396,8 +397,10 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
                             f"{k} must be {tuple(own[k].shape)})")
     if dtype is None and all(v.dtype == np.float64 for v in flat.values() if v.dtype.kind == "f"):
         dtype = torch.float64
-    model = model.to(dtype or torch.float32)
-    load_state_dict_strict(model, state, str(path))
+    dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)  # names/shapes checked above
+    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):  # pragma: no cover
+        raise UserError(f"{path}: tensors missing for {[n for n, t in model.named_parameters() if t.is_meta][:8]}")
     if image_size is not None and image_size != cfg.image_size:
         if image_size % cfg.stem_stride:
             raise UserError(f"--image-size {image_size} is not a multiple of the checkpoint's patch stride "
