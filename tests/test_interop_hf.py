@@ -88,3 +88,22 @@ def test_hf_refuses_what_it_cannot_hold(tmp_path):
         vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "vit_gap_oldkeys.npz"), tmp_path / "x")
     with pytest.raises(UserError, match="hybrid ResNet"):
         vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "hybrid_r2.npz"), tmp_path / "y")
+
+
+def test_hf_weights_only_bin_and_bad_folder(tmp_path):
+    """A folder with pytorch_model.bin (read with weights_only=True) instead of safetensors; a truncated file."""
+    from safetensors.torch import load_file
+
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
+    torch.save(load_file(str(tmp_path / "hf" / "model.safetensors")), tmp_path / "bin" / "pytorch_model.bin")
+    model = vitkit.load(tmp_path / "bin")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (hf(pixel_values=x).logits - model(x)).abs().max() <= 1e-5
+    f = tmp_path / "hf" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(UserError, match="model.safetensors"):
+        vitkit.load(tmp_path / "hf")
