@@ -43,44 +43,40 @@ PREPROCESS_MEAN = PREPROCESS_STD = (0.5, 0.5, 0.5)
 
 
 # -- tensor layout transforms: official (flax) array <-> torch tensor --------------------------------------------
-def _dense(a):  # (in, out) -> (out, in)
+def _dense(a, heads=None):  # (in, out) -> (out, in)
     return a.T
 
 
-def _conv(a):  # HWIO -> OIHW
+def _conv(a, heads=None):  # HWIO -> OIHW
     return a.transpose(3, 2, 0, 1)
 
 
-def _conv_back(a):
+def _conv_back(a, heads=None):
     return a.transpose(2, 3, 1, 0)
 
 
-def _same(a):
+def _same(a, heads=None):
     return a
 
 
-def _heads_in(a):  # q/k/v kernel (D, heads, hd) -> (heads*hd, D); bias (heads, hd) -> (heads*hd,)
+def _heads_in(a, heads=None):  # q/k/v kernel (D, heads, hd) -> (heads*hd, D); bias (heads, hd) -> (heads*hd,)
     return a.reshape(a.shape[0], -1).T if a.ndim == 3 else a.reshape(-1)
 
 
-def _heads_out(a):  # out kernel (heads, hd, D) -> (D, heads*hd)
+def _heads_out(a, heads=None):  # out kernel (heads, hd, D) -> (D, heads*hd)
     return a.reshape(-1, a.shape[-1]).T
 
 
-def _vec(a):
+def _vec(a, heads=None):
     return a.reshape(-1)
 
 
-_HEADS = {"heads": None}  # set by from_state_dict: the head count the backward transforms reshape to
+def _heads_in_back(a, heads):  # (heads*hd, D) -> (D, heads, hd); (heads*hd,) -> (heads, hd)
+    return a.T.reshape(a.shape[1], heads, -1) if a.ndim == 2 else a.reshape(heads, -1)
 
 
-def _heads_in_back(a):  # (heads*hd, D) -> (D, heads, hd); (heads*hd,) -> (heads, hd)
-    h = _HEADS["heads"]
-    return a.T.reshape(a.shape[1], h, -1) if a.ndim == 2 else a.reshape(h, -1)
-
-
-def _heads_out_back(a):  # (D, heads*hd) -> (heads, hd, D)
-    return a.T.reshape(_HEADS["heads"], -1, a.shape[0])
+def _heads_out_back(a, heads):  # (D, heads*hd) -> (heads, hd, D)
+    return a.T.reshape(heads, -1, a.shape[0])
 
 
 # One row per tensor kind: canonical official name, vitkit name, to-torch transform, to-official transform.
@@ -336,7 +332,6 @@ def to_state_dict(flat: dict[str, np.ndarray], path="checkpoint") -> tuple[dict,
 def from_state_dict(state: dict, cfg: ViTConfig, names_only: bool = False) -> dict[str, np.ndarray]:
     """vitkit state dict -> canonical official parameter dict (current flax layout), float32 numpy arrays
     (with names_only: the official names, values None)."""
-    _HEADS["heads"] = cfg.num_heads
     parts = {}
     for name, t in state.items():
         m = re.match(r"(blocks\.\d+\.attn)\.qkv\.(weight|bias)$", name)
@@ -351,7 +346,7 @@ def from_state_dict(state: dict, cfg: ViTConfig, names_only: bool = False) -> di
             m = rx.match(name)
             if m:
                 out[_fill(template, m.groupdict())] = None if names_only else \
-                    np.ascontiguousarray(back(t.detach().cpu().float().numpy()))
+                    np.ascontiguousarray(back(t.detach().cpu().float().numpy(), cfg.num_heads))
                 break
         else:
             raise UserError(f"tensor {name} has no official .npz equivalent (only learned 1D position embeddings "
