@@ -161,9 +161,14 @@ def run(args) -> int:
     fig = plot_rollout_overlays(shown_u8, maps, titles, label=label[0].upper() + label[1:])
     fig.savefig(out / "attention_rollout.png")
     hm = head_maps(res["attn"][-1], grid, has_cls)
-    head_label = (f"Layer {cfg.depth} (last) attention per head: [class] token to patches" if has_cls else
+    head_label = (f"Layer {cfg.depth} (last) attention per head: [class] token to patches\n"
+                  f"(corner: weight on the [class] token itself)" if has_cls else
                   f"Layer {cfg.depth} (last) attention per head, GAP model: mean over query patches")
-    fig = plot_head_maps(shown_u8, hm, cfg.depth, label=head_label)
+    notes = None
+    if has_cls:
+        self_w = res["attn"][-1][:, :, 0, 0].float().numpy()
+        notes = [[f"cls {100 * v:.0f}%" for v in row] for row in self_w]
+    fig = plot_head_maps(shown_u8, hm, cfg.depth, label=head_label, notes=notes)
     fig.savefig(out / "attention_heads_last.png")
     report["figures"].update(attention_rollout="attention_rollout.png", attention_heads_last="attention_heads_last.png")
     report["attention_maps"] = {"label": label, "head_label": head_label, "images": [

@@ -49,14 +49,16 @@ def _show_image(ax, img):
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
 
 
-def _overlay(ax, img, m, vmax=None, alpha=0.55, cmap="jet"):
-    """Image with the upsampled map on top; returns an opaque mappable for the colour bar."""
+def _overlay(ax, img, m, vmax=None, alpha=0.55, cmap="jet", gamma=None):
+    """Image with the upsampled map on top; returns an opaque mappable for the colour bar. `gamma` < 1 uses a
+    power-law colour scale, so that diffuse maps stay visible next to peaked ones."""
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import Normalize, PowerNorm
 
     _show_image(ax, img)
-    up = _upsample(m, img.shape[:2])
-    norm = Normalize(0, vmax if vmax is not None else (float(up.max()) or 1.0))
+    up = np.clip(_upsample(m, img.shape[:2]), 0, None)
+    top = vmax if vmax is not None else (float(up.max()) or 1.0)
+    norm = PowerNorm(gamma, 0, top) if gamma else Normalize(0, top)
     ax.imshow(up, cmap=cmap, alpha=alpha, norm=norm)
     return ScalarMappable(norm=norm, cmap=cmap)
 
@@ -88,7 +90,7 @@ def plot_embedding_filters(components, explained=None, ncols: int = 7, title: Op
             lab += f" ({100 * float(explained[i]):.1f}%)"
         ax.set_title(lab, fontsize=7)
     kind = "RGB" if c == 3 else ("gray" if c == 1 else f"mean of {c} channels")
-    fig.suptitle(title or f"RGB embedding filters: first {k} principal components ({kind}, "
+    fig.suptitle(title or f"{'RGB e' if c == 3 else 'E'}mbedding filters: first {k} principal components ({kind}, "
                  f"{comps.shape[2]}x{comps.shape[3]} px)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
@@ -184,9 +186,11 @@ def plot_rollout_overlays(images: Sequence, maps, titles: Optional[Sequence[str]
     return fig
 
 
-def plot_head_maps(images: Sequence, maps, layer: int, label: Optional[str] = None) -> Figure:
+def plot_head_maps(images: Sequence, maps, layer: int, label: Optional[str] = None,
+                   notes: Optional[Sequence[Sequence[str]]] = None) -> Figure:
     """Raw attention maps of one layer: rows are images, the first column the input, then one column per head
-    with that head's map (N, heads, g, g) overlaid; one colour scale per figure (attention weight)."""
+    with that head's map (N, heads, g, g) overlaid; one colour scale per figure (attention weight). `notes[i][h]`
+    is printed in the corner of panel (i, h), e.g. the weight the [class] token puts on itself."""
     m = np.asarray(maps, np.float64)
     n, heads = m.shape[:2]
     vmax = float(m.max()) or 1.0
@@ -201,14 +205,17 @@ def plot_head_maps(images: Sequence, maps, layer: int, label: Optional[str] = No
             ax.set_title("input", fontsize=8)
         for h in range(heads):
             ax = fig.add_subplot(n, heads + 1, i * (heads + 1) + h + 2)
-            im = _overlay(ax, img, m[i, h], vmax=vmax)
+            im = _overlay(ax, img, m[i, h], vmax=vmax, gamma=0.5)
             _off(ax)
+            if notes is not None:
+                ax.text(0.03, 0.97, notes[i][h], transform=ax.transAxes, fontsize=6, va="top", color="w",
+                        bbox=dict(facecolor="k", alpha=0.5, pad=1, lw=0))
             if i == 0:
                 ax.set_title(f"head {h + 1}", fontsize=8)
     fig.suptitle(label or f"Layer {layer} attention per head: [class] token to patches", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.85, 0.95))
     cax = fig.add_axes((0.86, 0.15, 0.02, 0.7))
-    fig.colorbar(im, cax=cax).set_label("attention weight", fontsize=8)
+    fig.colorbar(im, cax=cax).set_label("attention weight (square-root scale)", fontsize=8)
     return fig
 
 
