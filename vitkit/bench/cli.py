@@ -48,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'autocast' keeps fp32 weights under torch.autocast. Training is always autocast over "
                         "fp32 master weights. Peers use the same policy.")
     p.add_argument("--compile", type=_csv(), default=["no"],
-                   help="comma list of torch.compile settings for vitkit rows: no, default, reduce-overhead, "
-                        "max-autotune, max-autotune-no-cudagraphs (default no)")
+                   help="comma list of torch.compile settings for vitkit rows: no, default, freeze (inductor "
+                        "freezing: weights folded and pre-packed, inference only), reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs (default no)")
     p.add_argument("--compile-peers", action="store_true", help="also torch.compile the peers (same modes)")
     p.add_argument("--peers", type=_csv(), default=None,
                    help="comma list of hf,timm, or none (default: hf, plus timm when importable)")
@@ -142,19 +143,17 @@ def build_runners(args, device: torch.device, log) -> list:
     runners = []
 
     def add(name, build, mode, precision, compile_mode, peer=False):
-        T.malloc_trim()
-        base = T.rss_bytes()
         model = build()
         comp = compile_mode != "no"
         cm = None if compile_mode in ("no", "default") else compile_mode
         if mode == "inference":
             r = T.inference_runner(name, model, precision=precision, policy=args.policy, compile=comp,
-                                   compile_mode=cm, channels_last=args.channels_last and not peer, base_rss=base,
+                                   compile_mode=cm, channels_last=args.channels_last and not peer,
                                    **common)
         else:
             fused = (args.peer_optimizer if peer else args.optimizer) == "fused"
             r = T.training_runner(name, model, precision=precision, compile=comp, compile_mode=cm,
-                                  fused_optimizer=fused, base_rss=base, **common)
+                                  fused_optimizer=fused, **common)
         r.info["library"] = name.split()[0]
         runners.append(r)
 
@@ -169,11 +168,13 @@ def build_runners(args, device: torch.device, log) -> list:
     for mode in args.mode:
         for prec in args.precision:
             for c in args.compile:
+                if mode == "training" and c == "freeze":
+                    continue
                 add(f"vitkit {mode[:5]} {prec} c={c}", vitkit_model, mode, prec, c)
         for peer in peers:
             for prec in peer_prec:
                 for c in peer_compiles:
-                    if P.PEERS[peer](cfg) is None:
+                    if P.PEERS[peer](cfg) is None or (mode == "training" and c == "freeze"):
                         continue
                     add(f"{peer} {mode[:5]} {prec} c={c}", lambda peer=peer: P.PEERS[peer](cfg), mode, prec, c,
                         peer=True)
@@ -211,7 +212,7 @@ def print_table(report: dict, file=sys.stdout) -> None:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         print(f"{r['name']:34} {r['policy']:8} {r.get('optimizer', '-'):14} {r['img_per_s']:9.2f} "
-              f"{1e3 * r['seconds_per_step']:9.1f} {mfu:>6} {_fmt_bytes(r['peak_mem_bytes']):>9} "
+              f"{r['best_img_per_s']:9.2f} {1e3 * r['seconds_per_step']:9.1f} {mfu:>6} {_fmt_bytes(r['peak_mem_bytes']):>9} "
               f"{100 * r['spread']:6.0f}%", file=file)
     if report["ratios"]:
         print("# ratios (img/s vitkit / peer):", file=file)
@@ -266,7 +267,8 @@ def run(args) -> int:
               "environment": environment(device), "wall_seconds": time.perf_counter() - t0,
               "command": "vitkit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None,
               "memory_note": ("CUDA max_memory_allocated over one step" if device.type == "cuda" else
-                              "CPU: peak RSS during one step minus RSS before the row's model was built")}
+                              "CPU: bytes of the persistent state (weights, grads, AdamW moments, batch) + the "
+                              "step's transient RSS peak above the RSS before it")}
     print_table(report)
     if args.json:
         with open(args.json, "w") as f:

@@ -125,14 +125,15 @@ class RSSPeak:
 @dataclass
 class Runner:
     """One thing to time: `step()` processes one batch of `batch` images. `flops` is the model FLOPs of one
-    step (forward only for inference, x3 for training). `base_rss` is the RSS before it was built (CPU)."""
+    step (forward only for inference, x3 for training). `state` returns the tensors that persist between steps
+    (weights, optimizer state, inputs), whose bytes count towards the CPU peak-memory figure."""
 
     name: str
     step: Callable[[], object]
     batch: int
     flops: float
     device: torch.device
-    base_rss: int = 0
+    state: Optional[Callable[[], list]] = None
     info: dict = field(default_factory=dict)
     times: list = field(default_factory=list)
     peak_mem: Optional[int] = None
@@ -173,10 +174,18 @@ def logits_of(out):
     return out if torch.is_tensor(out) else out.logits
 
 
+def _compile(model, mode: Optional[str]):
+    """torch.compile with static shapes. mode "freeze": inductor's freezing (weights folded in as constants and
+    pre-packed for oneDNN, linear + bias + pointwise fused; inference only), else a torch.compile mode."""
+    if mode == "freeze":
+        return torch.compile(model, dynamic=False, options={"freezing": True})
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def inference_runner(name: str, model: torch.nn.Module, *, batch: int, image_size: int, chans: int,
                      num_classes: int, flops_per_image: float, precision: str, policy: str, device,
                      compile: bool = False, compile_mode: Optional[str] = None, channels_last: bool = False,
-                     base_rss: int = 0) -> Runner:
+                     ) -> Runner:
     """Forward under torch.inference_mode(). policy "autocast": fp32 weights under torch.autocast(bf16);
     policy "cast": model and input converted with .to(bf16) (pure bf16, what a user serving in bf16 calls)."""
     device = torch.device(device)
@@ -187,7 +196,7 @@ def inference_runner(name: str, model: torch.nn.Module, *, batch: int, image_siz
     x, _ = make_inputs(batch, chans, image_size, num_classes, device, in_dtype)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
+    fwd = _compile(model, compile_mode) if compile else model
 
     def step():
         with torch.inference_mode(), autocast_ctx(device, precision, policy):
@@ -195,13 +204,14 @@ def inference_runner(name: str, model: torch.nn.Module, *, batch: int, image_siz
 
     info = dict(mode="inference", precision=precision, policy=policy if precision != "fp32" else "-",
                 compile=(compile_mode or "default") if compile else "no")
-    return Runner(name, step, batch, flops_per_image * batch, device, base_rss, info)
+    return Runner(name, step, batch, flops_per_image * batch, device, lambda: [*model.parameters(),
+                  *model.buffers(), x], info)
 
 
 def training_runner(name: str, model: torch.nn.Module, *, batch: int, image_size: int, chans: int,
                     num_classes: int, flops_per_image: float, precision: str, device, compile: bool = False,
                     compile_mode: Optional[str] = None, fused_optimizer: bool = False, lr: float = 1e-4,
-                    base_rss: int = 0) -> Runner:
+                    ) -> Runner:
     """One optimisation step: forward, cross-entropy, backward, AdamW step, zero_grad (set_to_none).
     bf16 training is torch.autocast over fp32 master weights (no loss scaling needed for bf16).
     FLOPs per step are 3x the forward FLOPs (backward = 2x forward), the usual MFU convention."""
@@ -210,7 +220,9 @@ def training_runner(name: str, model: torch.nn.Module, *, batch: int, image_size
     x, y = make_inputs(batch, chans, image_size, num_classes, device)
     opt_kw = {"fused": True} if fused_optimizer else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, **opt_kw)
-    fwd = torch.compile(model, mode=compile_mode, dynamic=False) if compile else model
+    if compile_mode == "freeze":
+        raise ValueError("--compile freeze (inductor freezing) is for inference only: it folds the weights")
+    fwd = _compile(model, compile_mode) if compile else model
 
     def loss_fn():
         with autocast_ctx(device, precision, "autocast"):
@@ -226,14 +238,31 @@ def training_runner(name: str, model: torch.nn.Module, *, batch: int, image_size
     info = dict(mode="training", precision=precision, policy="autocast" if precision != "fp32" else "-",
                 compile=(compile_mode or "default") if compile else "no",
                 optimizer="AdamW fused" if fused_optimizer else "AdamW foreach")
-    r = Runner(name, step, batch, 3 * flops_per_image * batch, device, base_rss, info)
+    def state():  # weights, their gradients (alive from backward to zero_grad), AdamW moments, the batch
+        params = list(model.parameters())
+        moments = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+        return [*params, *params, *model.buffers(), *moments, x, y]
+
+    r = Runner(name, step, batch, 3 * flops_per_image * batch, device, state, info)
     r.model, r.optimizer = model, opt  # kept for tests
     return r
 
 
+def tensor_bytes(tensors) -> int:
+    """Bytes of distinct tensor storages (parameters shared or listed twice count once per listing only when
+    they are different objects; gradients are listed as their parameters, so training state counts them)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def measure_peak(runner: Runner) -> Optional[int]:
-    """Peak memory of one step of an already warmed-up runner (bytes): CUDA max_memory_allocated, or on CPU the
-    RSS peak during the step minus the RSS before the runner was built."""
+    """Peak memory of one step of an already warmed-up runner (bytes).
+
+    CUDA: torch.cuda.max_memory_allocated() over the step (live tensors, everything included).
+    CPU (no allocator statistics): the bytes of the state that persists between steps (weights, gradients,
+    AdamW moments, the input batch; from the tensors' sizes) plus the step's transient peak, the largest RSS
+    sampled during the step above the RSS just before it (freed memory returned to the OS first with
+    malloc_trim). The transient part counts activations and workspaces, and allocator slack, so it is an upper
+    bound; compile-time copies (inductor freezing's pre-packed weights) show up in neither part."""
     if runner.error or runner.info.get("mode") == "ceiling":
         return None
     if runner.device.type == "cuda":
@@ -243,9 +272,13 @@ def measure_peak(runner: Runner) -> Optional[int]:
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated())
     malloc_trim()
+    before = rss_bytes()
     with RSSPeak() as p:
         runner.step()
-    return max(0, p.peak - runner.base_rss) if runner.base_rss else p.peak
+    transient = max(0, p.peak - before)
+    state = tensor_bytes(runner.state()) if runner.state else 0
+    runner.info["mem_state_bytes"], runner.info["mem_transient_bytes"] = state, transient
+    return state + transient
 
 
 def run_interleaved(runners: list[Runner], warmup: int = 2, repeats: int = 5, min_time: float = 0.0,
