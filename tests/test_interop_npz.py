@@ -122,3 +122,15 @@ def test_bad_file_cli_one_line(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitkit: error:") and "x.npz" in err and "\n" not in err
+
+
+def test_bfloat16_npz(tmp_path):
+    """bfloat16 checkpoints (numpy stores ml_dtypes' bfloat16 as raw 2-byte void) load as float32."""
+    def to_bf16_void(a):
+        return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view("V2")
+
+    flat = dict(np.load(FIX / "vit_token.npz"))
+    np.savez(tmp_path / "bf16.npz", **{k: to_bf16_void(v) for k, v in flat.items()})
+    model, ref = vitkit.load(tmp_path / "bf16.npz"), vitkit.load(FIX / "vit_token.npz")
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert a.dtype == torch.float32 and torch.allclose(a, b, rtol=2**-7, atol=0), k

@@ -162,6 +162,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not flat:
         raise UserError(f"{path} is an empty .npz: no tensors")
     for k, v in flat.items():
+        if isinstance(v, np.ndarray) and v.dtype == np.dtype("V2"):  # bfloat16 (ml_dtypes) saved as raw 2 bytes
+            v = flat[k] = (v.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         if not isinstance(v, np.ndarray) or v.dtype.kind not in "fiu":
             raise UserError(f"{path}: member {k} is not a numeric array ({getattr(v, 'dtype', type(v).__name__)})")
     return flat
