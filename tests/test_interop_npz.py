@@ -134,3 +134,14 @@ def test_bfloat16_npz(tmp_path):
     model, ref = vitkit.load(tmp_path / "bf16.npz"), vitkit.load(FIX / "vit_token.npz")
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         assert a.dtype == torch.float32 and torch.allclose(a, b, rtol=2**-7, atol=0), k
+
+
+def test_optimizer_wrapped_npz(tmp_path):
+    """Old official files saved the flax optimizer: parameters under opt/target/, optimizer state beside them."""
+    flat = dict(np.load(FIX / "vit_gap_oldkeys.npz"))
+    wrapped = {f"opt/target/{k}": v for k, v in flat.items()}
+    wrapped["opt/state/step"] = np.array(10)
+    wrapped["opt/state/param_states/cls/grad_ema"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "opt.npz", **wrapped)
+    model, ref = vitkit.load(tmp_path / "opt.npz"), vitkit.load(FIX / "vit_gap_oldkeys.npz")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))

@@ -179,9 +179,12 @@ def canonicalize(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     Within an encoder block the sub-modules are renumbered by rank per type, so the pre-Linen names
     (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3) become LayerNorm_0,
     MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0, and current names stay as they are. A leading
-    "params/" (flax variable collection) is dropped."""
-    if flat and all(k.startswith("params/") for k in flat):
-        flat = {k[len("params/"):]: v for k, v in flat.items()}
+    "params/" (flax variable collection) or "opt/target/" (the parameters inside an old flax optimizer checkpoint;
+    its optimizer state opt/state/... is then left out) is dropped."""
+    for prefix in ("opt/target/", "params/"):
+        if f"{prefix}embedding/kernel" in flat:
+            flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+            break
     indices: dict[tuple[str, str], set] = {}
     for k in flat:
         m = _BLOCK_SUB.match(k)
