@@ -167,7 +167,8 @@ def run(args) -> int:
         from ..data.datasets import load_dataset
 
         pre = model.preprocess
-        ds = load_dataset(args.verify_dataset, "test", image_size=pre.image_size, channels=pre.channels)
+        ds = load_dataset(args.verify_dataset, "test", image_size=pre.image_size, channels=pre.channels,
+                          preprocess=pre)
         r = compare_top1(model, rt, ds, args.batch_size, args.verify_limit)
         gap = abs(r["top1_pytorch"] - r["top1_runtime"])
         print(f"top-1 on {args.verify_dataset} test ({r['n']} images): PyTorch {r['top1_pytorch']:.2f}%  "
