@@ -145,3 +145,12 @@ def test_optimizer_wrapped_npz(tmp_path):
     np.savez(tmp_path / "opt.npz", **wrapped)
     model, ref = vitkit.load(tmp_path / "opt.npz"), vitkit.load(FIX / "vit_gap_oldkeys.npz")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_headless_npz(tmp_path):
+    flat = {k: v for k, v in np.load(FIX / "vit_prelogits.npz").items() if not k.startswith("head/")}
+    np.savez(tmp_path / "nohead.npz", **flat)
+    with pytest.raises(UserError, match="--num-classes"):
+        vitkit.load(tmp_path / "nohead.npz")
+    model = vitkit.load(tmp_path / "nohead.npz", num_classes=4)
+    assert model.cfg.num_classes == 4 and model.head.in_features == 12 and not model.head.weight.any()

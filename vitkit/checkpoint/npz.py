@@ -378,6 +378,12 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
 
     path = Path(path)
     flat = canonicalize(read_npz(path))
+    if "head/kernel" not in flat and "head/bias" not in flat and num_classes is not None:
+        # a checkpoint saved without a head (official num_classes=0): a new zero-initialised one, as load_pretrained
+        width = flat["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in flat else \
+            _shape(flat, "embedding/kernel", 4, path)[3]
+        flat["head/kernel"] = np.zeros((width, num_classes), np.float32)
+        flat["head/bias"] = np.zeros((num_classes,), np.float32)
     cfg = infer_config(flat, path)
     state, unexpected, origin = to_state_dict(flat, path)
     expected = expected_official_names(cfg)
