@@ -23,6 +23,7 @@ def test_param_counts(name, params):
 def test_variants_parse():
     assert variant_config("R50+ViT-B/16").resnet == {"layers": [3, 4, 9], "width": 1}
     assert variant_config("r50+vit-b_16").stem_stride == 16
+    assert variant_config("R26+S/32").name == "R26+ViT-S/32" and variant_config("R+Ti/16").name == "R+ViT-Ti/16"
     assert variant_config("R26+ViT-B/32").grid_size == 7
     assert variant_config("R50+ViT-L/32").resnet["layers"] == [3, 4, 6, 3]
     assert variant_config("R+ViT-Ti/16").patch_size == 8 and variant_config("R+ViT-Ti/16").grid_size == 7

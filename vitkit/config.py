@@ -125,14 +125,10 @@ def parse_variant(name: str) -> tuple[str, int]:
 def variant_config(name: str, **overrides) -> ViTConfig:
     """The ViTConfig of a named variant; any field can be overridden (num_classes, image_size, classifier, ...).
     Hybrids ("R50+ViT-B/16", ...) are listed in vitkit.hybrid.hybrid_variants."""
-    if "+" in name:
-        from .hybrid import hybrid_variants
+    if "+" in name:  # hybrid: ResNet stem + ViT (vitkit/hybrid.py)
+        from .hybrid import hybrid_config
 
-        table = {k.lower().replace("_", "/"): (k, v) for k, v in hybrid_variants().items()}
-        if name.strip().lower().replace("_", "/") not in table:
-            raise ValueError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
-        hname, h = table[name.strip().lower().replace("_", "/")]
-        kw = dict(SIZES[h["size"]], patch_size=h["patch_size"], resnet=h["resnet"], image_size=224, name=hname)
+        kw = hybrid_config(name)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return ViTConfig(**kw)
     size, patch = parse_variant(name)

@@ -210,3 +210,17 @@ def hybrid_variants() -> dict[str, dict]:
         "R+ViT-Ti/16": dict(size="Ti", patch_size=8, resnet={"layers": [], "width": 1}),
     }
 
+
+
+def hybrid_config(name: str) -> dict:
+    """ViTConfig fields of a named hybrid. "R50+ViT-B/16", "R50+ViT-B_16" and AugReg's "R50+B/16" are one name."""
+    from .config import SIZES
+
+    def key(n: str) -> str:
+        return n.strip().lower().replace("_", "/").replace("vit-", "")
+
+    table = {key(k): (k, v) for k, v in hybrid_variants().items()}
+    if key(name) not in table:
+        raise ValueError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
+    hname, h = table[key(name)]
+    return dict(SIZES[h["size"]], patch_size=h["patch_size"], resnet=h["resnet"], image_size=224, name=hname)
