@@ -29,14 +29,21 @@ def _np(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _check_list(attn_list) -> list[np.ndarray]:
-    out = [_np(a) for a in attn_list]
-    if not out:
+def _check_shape(i: int, a) -> None:
+    shape = tuple(a.shape)
+    if len(shape) != 4 or shape[-1] != shape[-2]:
+        raise UserError(f"attention of layer {i} has shape {shape}; expected (N, heads, T, T)")
+
+
+def _layers(attn_list):
+    """Validate all shapes first, then yield one float64 layer at a time (peak memory: one layer, not all)."""
+    attn_list = list(attn_list)
+    if not attn_list:
         raise UserError("no attention weights: the model has no Transformer blocks")
-    for i, a in enumerate(out):
-        if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
-            raise UserError(f"attention of layer {i} has shape {a.shape}; expected (N, heads, T, T)")
-    return out
+    for i, a in enumerate(attn_list):
+        _check_shape(i, a if hasattr(a, "shape") else np.asarray(a))
+    for a in attn_list:
+        yield _np(a)
 
 
 def attention_rollout(attn_list: Sequence, residual: bool = True) -> np.ndarray:
@@ -47,11 +54,12 @@ def attention_rollout(attn_list: Sequence, residual: bool = True) -> np.ndarray:
 
     R[n, i, j] is how much input token j contributes to output token i of the last layer. Returns (N, T, T).
     `residual=False` skips the identity (plain product of head-averaged attention)."""
-    layers = _check_list(attn_list)
-    n, _, t, _ = layers[0].shape
-    eye = np.eye(t)
-    rollout = np.broadcast_to(eye, (n, t, t)).copy()
-    for a in layers:
+    rollout = eye = None
+    for a in _layers(attn_list):
+        if rollout is None:
+            n, _, t, _ = a.shape
+            eye = np.eye(t)
+            rollout = np.broadcast_to(eye, (n, t, t)).copy()
         a = a.mean(axis=1)
         if residual:
             a = a + eye
@@ -101,10 +109,9 @@ def mean_attention_distance(attn_list: Sequence, grid: int, patch_size: float, h
     left out as query and key; with `renormalize` (default) the remaining weights of each query are rescaled to sum
     to 1, so a head that mostly reads the [class] token is not mistaken for a local one. The result is averaged
     over query patches, and (with `reduce`) over images: (layers, heads); without `reduce`: (N, layers, heads)."""
-    layers = _check_list(attn_list)
     d = patch_distance_matrix(grid, patch_size)
     out = []
-    for a in layers:
+    for a in _layers(attn_list):
         if has_cls:
             a = a[:, :, 1:, 1:]
         if a.shape[-1] != grid * grid:

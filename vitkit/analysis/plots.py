@@ -96,11 +96,16 @@ def plot_embedding_filters(components, explained=None, ncols: int = 7, title: Op
     return fig
 
 
-def plot_pos_embed_similarity(sim, title: Optional[str] = None) -> Figure:
+def plot_pos_embed_similarity(sim, title: Optional[str] = None, vmin: Optional[float] = None) -> Figure:
     """Fig. 7 centre: a g x g grid of small heat maps. The map at (row r, column c) shows the cosine similarity
-    between the position embedding of patch (r, c) and those of all patches; one colour scale [-1, 1]."""
+    between the position embedding of patch (r, c) and those of all patches; one colour scale [vmin, 1] for all,
+    vmin by default the lowest similarity rounded down to 0.1 (-1 at most), so that embeddings whose similarities
+    are all high (e.g. fixed sin-cos) still show their structure."""
     s = np.asarray(sim)
     n, g, _ = s.shape
+    if vmin is None:
+        vmin = max(-1.0, np.floor(float(s.min()) * 10) / 10)
+        vmin = min(vmin, 0.9)
     size = min(9.0, max(4.0, 0.5 * g + 2))
     fig = _figure(size + 1.0, size)
     gs = fig.add_gridspec(g, g, left=0.09, right=0.8, bottom=0.08, top=0.9, wspace=0.08, hspace=0.08)
@@ -108,7 +113,7 @@ def plot_pos_embed_similarity(sim, title: Optional[str] = None) -> Figure:
     for r in range(g):
         for c in range(g):
             ax = fig.add_subplot(gs[r, c])
-            im = ax.imshow(s[r * g + c], cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+            im = ax.imshow(s[r * g + c], cmap="viridis", vmin=vmin, vmax=1, interpolation="nearest")
             _off(ax)
             if r == g - 1:
                 ax.set_xlabel(str(c + 1), fontsize=7)
@@ -163,7 +168,7 @@ def plot_rollout_overlays(images: Sequence, maps, titles: Optional[Sequence[str]
     n = len(m)
     ncols = min(ncols, n)
     nrows = int(np.ceil(n / ncols))
-    fig = _figure(1.6 * ncols + 1.0, 3.3 * nrows + 0.8)
+    fig = _figure(max(1.6 * ncols + 1.0, 5.5), 3.3 * nrows + 0.8)
     im = None
     for i in range(n):
         img = _hwc(images[i])
@@ -179,8 +184,10 @@ def plot_rollout_overlays(images: Sequence, maps, titles: Optional[Sequence[str]
         if c == 0:
             ax.set_ylabel("input", fontsize=8)
             ax2.set_ylabel("rollout", fontsize=8)
-    fig.suptitle(label, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 0.95))
+    import textwrap
+
+    fig.suptitle(textwrap.fill(label, int(12 * fig.get_figwidth())), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 0.93))
     cax = fig.add_axes((0.87, 0.15, 0.018, 0.7))
     fig.colorbar(im, cax=cax).set_label("rollout weight / image max", fontsize=8)
     return fig
