@@ -349,3 +349,9 @@ def test_rollout_of_a_hugging_face_model_matches_its_own_attentions(tmp_path):
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(attention_rollout(ours), attention_rollout(ref), atol=1e-6)
+
+
+def test_float64_model_gets_float64_inputs():
+    model = _tiny().double()
+    out = collect_attention(model, torch.randn(1, 3, 16, 16))  # float32 input, float64 weights
+    assert out["attn"][0].dtype == torch.float64

@@ -136,6 +136,9 @@ def collect_attention(model, x) -> dict:
     if len(getattr(model, "blocks", [])) == 0:
         raise UserError("the model has no Transformer blocks, so it has no attention to analyse")
     cfg = model.cfg
+    param = next(model.parameters(), None)
+    if param is not None and torch.is_floating_point(x) and x.dtype != param.dtype:
+        x = x.to(param.dtype)  # e.g. a float64 official .npz
     with torch.inference_mode():
         out = model.forward_intermediates(x, return_attn=True)
     attn = out.get("attn") or []

@@ -35,9 +35,9 @@ def model_inputs(model, images_u8) -> torch.Tensor:
 
         x = resize_batch(x, cfg.image_size)
     pre = getattr(model, "preprocess", None)
-    if pre is not None:
-        return pre.normalize(x)
-    return x.float().div(255.0).sub(0.5).div(0.5)
+    x = pre.normalize(x) if pre is not None else x.float().div(255.0).sub(0.5).div(0.5)
+    param = next(model.parameters(), None)
+    return x.to(param.dtype) if param is not None and param.dtype != x.dtype else x
 
 
 @torch.inference_mode()
