@@ -115,8 +115,9 @@ def run(args) -> int:
         b = base["linear_probe_ridge"]
         print(f"linear probe (ridge, {b['train_size']} train features, lambda {b['lambda']:g}): {100 * b['acc']:.2f}%")
     if "linear_probe_logreg" in base:
-        print(f"linear probe (logistic regression, all train features): "
-              f"{100 * base['linear_probe_logreg']['acc']:.2f}%")
+        b = base["linear_probe_logreg"]
+        print(f"linear probe (logistic regression, {b['train_size']} train features"
+              f"{'' if b['converged'] else ', lbfgs stopped at max_iter'}): {100 * b['acc']:.2f}%")
     if "knn" in base:
         print("k-NN (cosine): " + ", ".join(f"k={k}: {100 * a:.2f}%" for k, a in base["knn"]["acc"].items()))
     out = Path(args.out)

@@ -137,13 +137,19 @@ def linear_probe(train_x, train_y, test_x, test_y, method: str = "ridge", val_si
         return {"method": "ridge", "acc": _accuracy(test_x, test_y, w, b, classes), "lambda": float(lambdas[best]),
                 "val_acc": va[best], "train_size": int(len(pool))}
     if method == "logreg":
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
         sc = StandardScaler().fit(train_x)
-        clf = LogisticRegression(max_iter=300, C=1.0).fit(sc.transform(train_x), train_y)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf = LogisticRegression(max_iter=1000, C=1.0).fit(sc.transform(train_x), train_y)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         return {"method": "logreg", "acc": float((clf.predict(sc.transform(test_x)) == test_y).mean()), "C": 1.0,
-                "train_size": int(len(train_x))}
+                "train_size": int(len(train_x)), "max_iter": 1000, "converged": converged}
     raise UserError(f"unknown linear probe method {method!r}; choose ridge or logreg")
 
 
