@@ -126,3 +126,12 @@ def test_preprocess_pil_to_tensor():
     torch.testing.assert_close(x, torch.ones_like(x))
     crop = Preprocess(image_size=8, crop_pct=0.875)
     assert crop(Image.new("RGB", (40, 20))).shape == (1, 3, 8, 8)
+
+
+def test_float64_checkpoint_stays_float64(tmp_path):
+    m = _model().double()
+    save_checkpoint(tmp_path / "ck", m)
+    loaded = vitkit.load(tmp_path / "ck")
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert loaded.pos_embed.dtype == torch.float64
+    assert torch.equal(loaded(x), m(x))

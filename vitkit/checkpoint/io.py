@@ -150,6 +150,8 @@ def _load_native(path: Path, **_):
     except (SafetensorsError, OSError) as e:
         raise UserError(f"{path / WEIGHTS} is not a readable safetensors file ({e})") from None
     model = ViT(cfg)
+    if state and all(v.dtype == torch.float64 for v in state.values() if v.is_floating_point()):
+        model = model.double()  # a float64 checkpoint (e.g. converted for a 1e-9 reference check) stays float64
     load_state_dict_strict(model, state, str(path / WEIGHTS))
     pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
     return model, pre, meta.get("class_names")
