@@ -1,7 +1,7 @@
 """`vitkit analyze CKPT --dataset D [--images ...] --out DIR`: the paper's figures for a checkpoint.
 
 Writes to DIR (PNG for people, analysis.json for programs):
-    embedding_filters.png        Fig. 7 left: principal components of the patch-embedding filters
+    embedding_filters.png        Fig. 7 left: principal components of the patch-embedding filters (skipped: hybrids)
     pos_embed_similarity.png     Fig. 7 centre: cosine similarity of position embeddings (skipped: pos_embed none)
     attention_distance.png       Fig. 7 right: mean attention distance per head vs depth, over N images
     attention_rollout.png        Fig. 6 / App. D.8: rollout overlays on the shown images
@@ -83,15 +83,16 @@ def run(args) -> int:
 
     # -- Fig. 7 left: embedding filters ---------------------------------------------------------------------
     w = model.patch_embed.proj.weight
-    comps, ratio = embedding_filter_pcs(w, args.filters)
-    if getattr(model, "stem", None) is not None:
-        report["notes"].append("hybrid model: the patch embedding acts on ResNet features, not pixels; its "
-                               "filters are drawn as the channel mean")
-    fig = plot_embedding_filters(comps, ratio)
-    fig.savefig(out / "embedding_filters.png")
-    report["figures"]["embedding_filters"] = "embedding_filters.png"
-    report["embedding_filters"] = {"explained_variance_ratio": ratio.round(6).tolist(),
-                                   "filter_shape": list(w.shape[1:])}
+    if getattr(model, "stem", None) is not None or w.shape[1] not in (1, 3):
+        report["notes"].append(f"hybrid model: the patch embedding acts on {w.shape[1]} ResNet feature channels "
+                               f"with {w.shape[-1]}x{w.shape[-1]} kernels, not on pixels: no filter figure")
+    else:
+        comps, ratio = embedding_filter_pcs(w, args.filters)
+        fig = plot_embedding_filters(comps, ratio)
+        fig.savefig(out / "embedding_filters.png")
+        report["figures"]["embedding_filters"] = "embedding_filters.png"
+        report["embedding_filters"] = {"explained_variance_ratio": ratio.round(6).tolist(),
+                                       "filter_shape": list(w.shape[1:])}
 
     # -- Fig. 7 centre: position embeddings ----------------------------------------------------------------
     pe = position_grid(model)
