@@ -304,13 +304,13 @@ def run_interleaved(runners: list[Runner], warmup: int = 2, repeats: int = 5, mi
             r.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             if log:
                 log(f"  {r.name} failed: {r.error}")
-    # a matmul-ceiling runner repeats its products to last as long as the longest model step, so that both see
+    # a matmul-ceiling runner repeats its products to last as long as the median model step, so that both see
     # contention over the same time scale
     model_dt = [inner[r.name] * statistics.median(r._warm) for r in runners
                 if not r.error and r.info.get("mode") != "ceiling"]
     for r in runners:
         if not r.error and r.info.get("mode") == "ceiling" and model_dt:
-            inner[r.name] = max(inner[r.name], int(max(model_dt) / statistics.median(r._warm) + 0.5))
+            inner[r.name] = max(inner[r.name], int(statistics.median(model_dt) / statistics.median(r._warm) + 0.5))
     for _ in range(repeats):
         for r in runners:
             if r.error:
