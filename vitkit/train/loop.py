@@ -249,7 +249,7 @@ def _say(msg: str, enabled: bool) -> None:
 def train(s: TrainSettings) -> dict:
     """Train (or fine-tune, or resume) as `s` says; returns the final evaluation and where the checkpoint is."""
     from ..checkpoint.io import TRAIN_STATE, _existing, load_train_state, save_checkpoint
-    from ..data.datasets import iterate_batches, load_dataset, resize_batch
+    from ..data.datasets import iterate_batches, load_dataset
     from ..data.transforms import BatchAugment, soft_target_cross_entropy
     from ..eval.evaluate import evaluate_counts, summarize
 

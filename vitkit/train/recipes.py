@@ -33,7 +33,7 @@ class Recipe:
     pos_embed: Optional[str] = None
     dropout: float = 0.0
     # length: steps wins over epochs
-    epochs: float = 10
+    epochs: float = 12
     steps: Optional[int] = None
     batch_size: int = 128  # global: the same for any number of processes and accumulation steps
     # optimiser and schedule
@@ -47,11 +47,14 @@ class Recipe:
     schedule: str = "cosine"  # "cosine" or "linear" decay to zero after the warmup
     clip_grad: Optional[float] = None  # max global gradient norm; None: no clipping
     # regularisation / augmentation (vitkit.data.transforms.BatchAugment)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
     randaugment: Optional[tuple] = None  # (num ops, magnitude)
-    crop: str = "pad"  # "pad" (pad 4 px and crop back, CIFAR-style), "rrc" (random resized crop) or "none"
+    # "pad" (zero-pad image_size/8 and crop back, CIFAR-style), "rrc" (random resized crop) or "none". The default
+    # run is too short for crops to pay off: measured on the embedded set, pad-crop was at 65 % after 4 epochs
+    # where no crop was at 79 %.
+    crop: str = "none"
     flip: bool = True  # horizontal flips, where the dataset allows them (not for digits)
     precision: str = "bf16"
 
@@ -62,9 +65,10 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(),
     "pretrain": Recipe(name="pretrain", optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.1,
-                       schedule="linear", warmup_epochs=2.0, batch_size=256, epochs=30, clip_grad=1.0),
+                       schedule="linear", warmup_epochs=2.0, batch_size=256, epochs=30, clip_grad=1.0, crop="pad",
+                       label_smoothing=0.0),
     "finetune": Recipe(name="finetune", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, clip_grad=1.0,
-                       schedule="cosine", warmup_epochs=0.5, batch_size=128, epochs=10, crop="none"),
+                       schedule="cosine", warmup_epochs=0.5, batch_size=128, epochs=10, label_smoothing=0.0),
 }
 
 
