@@ -5,7 +5,7 @@
 
 The same run as a command line (the script only fixes the settings and prints a summary):
 
-    vitkit train --dataset fashion-mnist --model ViT-Mini/7 --epochs 6 --batch-size 256 --lr 2e-3 \
+    vitkit train --dataset fashion-mnist --model ViT-Mini/7 --epochs 6 --batch-size 128 --lr 1e-3 \
         --warmup-epochs 0.5 --crop none --label-smoothing 0.1 --eval-every 100000 --out runs/fmnist
 
 Prints the wall time (process start to result, including data loading and the final evaluation), the test
@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-Mini/7")
     p.add_argument("--epochs", type=float, default=6)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)

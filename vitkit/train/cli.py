@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup", type=float, default=S, help="mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=S, help="cutmix alpha (0: off)")
     g.add_argument("--randaugment", type=_pair, default=S, metavar="N,M", help="RandAugment ops and magnitude")
-    g.add_argument("--crop", choices=["pad", "rrc", "none"], default=S)
+    g.add_argument("--crop", choices=["pad", "rrc", "none"], default=S,
+                   help="random crop: pad-and-crop (small images), random-resized-crop (photos) or none")
+    g.add_argument("--crop-pad", type=int, default=S, help="padding for --crop pad (default: image size / 8)")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=S)
     g = p.add_argument_group("execution")
     g.add_argument("--precision", choices=["fp32", "bf16"], default=S, help="bf16 autocast (default) or fp32")

@@ -343,7 +343,8 @@ def train(s: TrainSettings) -> dict:
         aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
         aug = BatchAugment(cfg.image_size, len(class_names), crop=s.crop,
                            flip=s.flip and getattr(train_ds, "flip_ok", True), randaugment=s.randaugment,
-                           mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed)
+                           mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
+                           pad=s.crop_pad)
         step, best_top1, best_step = 0, -1.0, None
         if ts is not None:
             D.load_optimizer_state(model, optimizer, ts["optimizer"])
