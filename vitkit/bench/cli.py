@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import platform
 import sys
 import time
@@ -212,7 +211,8 @@ def print_table(report: dict, file=sys.stdout) -> None:
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         print(f"{r['name']:34} {r['policy']:8} {r.get('optimizer', '-'):14} {r['img_per_s']:9.2f} "
-              f"{r['best_img_per_s']:9.2f} {1e3 * r['seconds_per_step']:9.1f} {mfu:>6} {_fmt_bytes(r['peak_mem_bytes']):>9} "
+              f"{r['best_img_per_s']:9.2f} {1e3 * r['seconds_per_step']:9.1f} {mfu:>6} "
+              f"{_fmt_bytes(r['peak_mem_bytes']):>9} "
               f"{100 * r['spread']:6.0f}%", file=file)
     if report["ratios"]:
         print("# ratios (img/s vitkit / peer):", file=file)

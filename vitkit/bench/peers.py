@@ -46,11 +46,9 @@ def hf_model(cfg: ViTConfig, attn: str = "sdpa") -> nn.Module:
 
 
 def timm_available() -> bool:
-    try:
-        import timm  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+
+    return importlib.util.find_spec("timm") is not None
 
 
 def timm_model(cfg: ViTConfig) -> Optional[nn.Module]:

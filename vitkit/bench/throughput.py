@@ -147,7 +147,8 @@ class Runner:
         if self.info.get("mode") == "ceiling":
             return {**out, "flops_per_s": self.flops / t, "best_flops_per_s": self.flops / min(self.times),
                     "repeats": len(self.times)}
-        out.update(seconds_per_step=t, img_per_s=self.batch / t, best_img_per_s=self.batch / min(self.times), flops_per_step=self.flops,
+        out.update(seconds_per_step=t, img_per_s=self.batch / t, best_img_per_s=self.batch / min(self.times),
+                   flops_per_step=self.flops,
                    achieved_flops_per_s=self.flops / t, repeats=len(self.times),
                    spread=(max(self.times) - min(self.times)) / t if self.times else None,
                    peak_mem_bytes=self.peak_mem)
