@@ -86,6 +86,12 @@ def test_bench_cli_table_and_json(tmp_path, capsys):
 def test_bench_cli_rejects_bad_values(capsys):
     assert main(["bench", "--model", "ViT-testing/4", "--precision", "fp8", "--quiet"]) == 2
     assert "unknown value" in capsys.readouterr().err
+    assert main(["bench", "--model", "ViT-testing/4", "--peer-precision", "int8", "--quiet"]) == 2
+    from vitkit.bench.peers import timm_available
+
+    if not timm_available():
+        assert main(["bench", "--model", "ViT-testing/4", "--peers", "timm", "--quiet"]) == 2
+        assert "timm is not installed" in capsys.readouterr().err
 
 
 def test_decode_throughput_fallback(tmp_path):

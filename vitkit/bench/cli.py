@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fp32 master weights. Peers use the same policy.")
     p.add_argument("--compile", type=_csv(), default=["no"],
                    help="comma list of torch.compile settings for vitkit rows: no, default, freeze (inductor "
-                        "freezing: weights folded and pre-packed, inference only), reduce-overhead, max-autotune, "
-                        "max-autotune-no-cudagraphs (default no)")
+                        "freezing: weights folded and pre-packed, inference only), freeze-autotune (freezing + "
+                        "max_autotune), reduce-overhead, max-autotune, max-autotune-no-cudagraphs (default no)")
     p.add_argument("--compile-peers", action="store_true", help="also torch.compile the peers (same modes)")
     p.add_argument("--peers", type=_csv(), default=None,
                    help="comma list of hf,timm, or none (default: hf, plus timm when importable)")
@@ -132,11 +132,14 @@ def build_runners(args, device: torch.device, log) -> list:
     if peers is None:
         peers = ["hf"] + (["timm"] if P.timm_available() else [])
     peers = [p for p in peers if p != "none"]
-    unknown = sorted(set(peers) - set(P.PEERS)) + sorted(set(args.precision) - {"fp32", "bf16", "fp16"})
+    precisions = set(args.precision) | set(args.peer_precision or [])
+    unknown = sorted(set(peers) - set(P.PEERS)) + sorted(precisions - {"fp32", "bf16", "fp16"})
     unknown += sorted(set(args.mode) - {"inference", "training"})
     if unknown:
         raise UserError(f"unknown value(s) {unknown}: peers are hf,timm; precisions fp32,bf16; modes "
                         "inference,training")
+    if "timm" in peers and not P.timm_available():
+        raise UserError("--peers timm: timm is not installed (pip install timm)")
     common = dict(batch=args.batch, image_size=cfg.image_size, chans=cfg.in_chans, num_classes=cfg.num_classes,
                   flops_per_image=flops, device=device)
     runners = []
@@ -167,13 +170,13 @@ def build_runners(args, device: torch.device, log) -> list:
     for mode in args.mode:
         for prec in args.precision:
             for c in args.compile:
-                if mode == "training" and c == "freeze":
+                if mode == "training" and c.startswith("freeze"):
                     continue
                 add(f"vitkit {mode[:5]} {prec} c={c}", vitkit_model, mode, prec, c)
         for peer in peers:
             for prec in peer_prec:
                 for c in peer_compiles:
-                    if P.PEERS[peer](cfg) is None or (mode == "training" and c == "freeze"):
+                    if mode == "training" and c.startswith("freeze"):
                         continue
                     add(f"{peer} {mode[:5]} {prec} c={c}", lambda peer=peer: P.PEERS[peer](cfg), mode, prec, c,
                         peer=True)
@@ -201,23 +204,23 @@ def print_table(report: dict, file=sys.stdout) -> None:
               f"best (n={c['n']}, timed interleaved with the rows below)", file=file)
     print(f"# model: {report['gflops_per_image']:.3f} GFLOPs/image forward; training step = 3x; "
           f"median of {report['repeats']} interleaved repeats after {report['warmup']} warm-up steps", file=file)
-    hdr = (f"{'row':34} {'policy':8} {'optim':14} {'img/s':>9} {'best':>9} {'ms/step':>9} {'MFU':>6} {'peak mem':>9} "
+    hdr = (f"{'row':36} {'policy':8} {'optim':14} {'img/s':>9} {'best':>9} {'ms/step':>9} {'MFU':>6} {'peak mem':>9} "
            f"{'spread':>7}")
     print(hdr, file=file)
     print("-" * len(hdr), file=file)
     for r in report["results"]:
         if "error" in r:
-            print(f"{r['name']:34} FAILED: {r['error']}", file=file)
+            print(f"{r['name']:36} FAILED: {r['error']}", file=file)
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        print(f"{r['name']:34} {r['policy']:8} {r.get('optimizer', '-'):14} {r['img_per_s']:9.2f} "
+        print(f"{r['name']:36} {r['policy']:8} {r.get('optimizer', '-'):14} {r['img_per_s']:9.2f} "
               f"{r['best_img_per_s']:9.2f} {1e3 * r['seconds_per_step']:9.1f} {mfu:>6} "
               f"{_fmt_bytes(r['peak_mem_bytes']):>9} "
               f"{100 * r['spread']:6.0f}%", file=file)
     if report["ratios"]:
         print("# ratios (img/s vitkit / peer):", file=file)
         for q in report["ratios"]:
-            print(f"#   {q['vitkit']:34} / {q['peer']:30} = {q['ratio']:.2f}", file=file)
+            print(f"#   {q['vitkit']:36} / {q['peer']:30} = {q['ratio']:.2f}", file=file)
 
 
 def run_decode(args, log) -> int:

@@ -177,15 +177,17 @@ def logits_of(out):
 
 def _compile(model, mode: Optional[str], device=None):
     """torch.compile with static shapes. mode "freeze": inductor's freezing (weights folded in as constants and
-    pre-packed for oneDNN, linear + bias + pointwise fused; inference only), else a torch.compile mode.
+    pre-packed for oneDNN, linear + bias + pointwise fused; inference only); "freeze-autotune": the same with
+    max_autotune (GEMM template choices benchmarked at compile time); else a torch.compile mode.
 
     On CPU inductor's layout optimisation is turned off: it makes the patch embedding's input channels-last,
     and oneDNN's bf16 weight-gradient for that layout is ~30x slower here (aten.convolution_backward on a
     (128, 3, 32, 32) bf16 input, 4x4/4 kernel: 1059 ms channels-last vs 32 ms contiguous), which made compiled
     bf16 training of ViT-Mini/4 2x slower than eager."""
     opts = {} if device is None or torch.device(device).type != "cpu" else {"layout_optimization": False}
-    if mode == "freeze":
-        return torch.compile(model, dynamic=False, options={"freezing": True, **opts})
+    if mode in ("freeze", "freeze-autotune"):
+        opts.update(freezing=True, max_autotune=mode == "freeze-autotune")
+        return torch.compile(model, dynamic=False, options=opts)
     if opts and mode in (None, "default"):
         return torch.compile(model, dynamic=False, options=opts)
     return torch.compile(model, mode=mode, dynamic=False)
@@ -229,7 +231,7 @@ def training_runner(name: str, model: torch.nn.Module, *, batch: int, image_size
     x, y = make_inputs(batch, chans, image_size, num_classes, device)
     opt_kw = {"fused": True} if fused_optimizer else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, **opt_kw)
-    if compile_mode == "freeze":
+    if compile_mode in ("freeze", "freeze-autotune"):
         raise ValueError("--compile freeze (inductor freezing) is for inference only: it folds the weights")
     fwd = _compile(model, compile_mode, device) if compile else model
 
