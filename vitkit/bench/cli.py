@@ -145,7 +145,16 @@ def build_runners(args, device: torch.device, log) -> list:
     runners = []
 
     def add(name, build, mode, precision, compile_mode, peer=False):
-        model = build()
+        try:
+            model = build()
+        except Exception as e:  # a peer that cannot be built is reported as a failed row
+            if not peer:
+                raise
+            r = T.Runner(name, lambda: None, args.batch, 0.0, device, info=dict(mode=mode, precision=precision,
+                                                                                   policy="-", library=name.split()[0]))
+            r.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            runners.append(r)
+            return
         comp = compile_mode != "no"
         cm = None if compile_mode in ("no", "default") else compile_mode
         if mode == "inference":
