@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16"], default=S, help="bf16 autocast (default) or fp32")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
     g.add_argument("--grad-checkpointing", action="store_true", default=S)
+    g.add_argument("--attention", choices=["auto", "sdpa", "explicit"], default=S,
+                   help="attention kernel for training: auto (default) = explicit softmax on CPU (1.5x faster "
+                        "there), SDPA on GPU")
     g.add_argument("--fsdp", action="store_true", default=S, help="FSDP2 (fully_shard) instead of DDP")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--seed", type=int, default=S)
