@@ -1,15 +1,15 @@
-"""Regenerate vitkit/data/embedded/fashion_mnist_12k.npz, the dataset `vitkit train` uses with no arguments.
+"""Regenerate vitkit/data/embedded/fashion_mnist_32k.npz, the dataset `vitkit train` uses with no arguments.
 
     python scripts/make_embedded.py [--source /usr/share/datasets/fashion-mnist] [--seed 0]
 
-Takes 1000 images per class from the official Fashion-MNIST train split and 200 per class from the official test
+Takes 3000 images per class from the official Fashion-MNIST train split and 200 per class from the official test
 split, chosen per class with `numpy.random.default_rng(seed).choice(..., replace=False)` (classes in order 0..9,
 one generator for both splits, train first), sorted by their official index. The source files are verified
 against the official checksums before anything is taken. The output is deterministic: the same source and seed
 give the same arrays (and the same file bytes, since the zip entries carry a fixed timestamp).
 
 Stored arrays (all fixed-width, loadable with allow_pickle=False):
-    train_images uint8 (10000, 28, 28)   train_labels uint8 (10000,)   train_indices uint16 (10000,)
+    train_images uint8 (30000, 28, 28)   train_labels uint8 (30000,)   train_indices uint16 (30000,)
     test_images  uint8 (2000, 28, 28)    test_labels  uint8 (2000,)    test_indices  uint16 (2000,)
     class_names  <U11 (10,)              seed int64 ()
 `*_indices` are the positions in the official files, so anyone can check the images are byte-identical.
@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from vitkit.data.datasets import FMNIST_CLASSES, read_idx_split  # noqa: E402
 
-OUT = ROOT / "vitkit" / "data" / "embedded" / "fashion_mnist_12k.npz"
-PER_CLASS = {"train": 1000, "test": 200}
+OUT = ROOT / "vitkit" / "data" / "embedded" / "fashion_mnist_32k.npz"
+PER_CLASS = {"train": 3000, "test": 200}
 
 
 def choose(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Datasets: the embedded default, the classic named sets read from their official files, and folders of photos.
 
-    load_dataset("embedded")                     # 10k/2k Fashion-MNIST shipped in the package: works offline
+    load_dataset("embedded")                     # 30k/2k Fashion-MNIST shipped in the package: works offline
     load_dataset("mnist", "test")                # official IDX files, md5-verified
     load_dataset("cifar10", data_dir="~/data")   # official python tarball or its extracted folder
     load_dataset("imagefolder:~/photos", "train", image_size=224, channels=3)
@@ -45,7 +45,7 @@ from ..errors import UserError
 from .imagefolder import ImageFolderDataset  # photos, decoded lazily: its own module, part of this API
 
 DATASET_NAMES = ["embedded", "fashion-mnist", "mnist", "cifar10", "cifar100"]  # plus "imagefolder:PATH"
-EMBEDDED_FILE = Path(__file__).with_name("embedded") / "fashion_mnist_12k.npz"
+EMBEDDED_FILE = Path(__file__).with_name("embedded") / "fashion_mnist_32k.npz"
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
