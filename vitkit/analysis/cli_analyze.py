@@ -48,6 +48,11 @@ def _pick_shown(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def run(args) -> int:
+    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
+        return _run(args)
+
+
+def _run(args) -> int:
     import vitkit
     from ..eval.features import load_split, model_inputs
     from .attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,
@@ -69,7 +74,6 @@ def run(args) -> int:
     except OSError as e:
         raise UserError(f"cannot create output directory {out}: {e.strerror or e}") from None
     model = vitkit.load(args.checkpoint)
-    torch.set_grad_enabled(False)
     cfg = model.cfg
     if len(getattr(model, "blocks", [])) == 0:
         raise UserError(f"{args.checkpoint}: the model has no Transformer blocks, so it has no attention to analyse")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
@@ -21,7 +23,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import torch
+    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
+        return _run(args)
+
+
+def _run(args) -> int:
 
     import vitkit
     from ..errors import UserError
@@ -32,7 +38,6 @@ def run(args) -> int:
     t0 = time.perf_counter()
     model = vitkit.load(args.checkpoint)
     images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.limit, args.seed)
-    torch.set_grad_enabled(False)
     feats = extract_features(model, images, args.batch_size)
     files = save_features(args.out, feats, labels, {
         "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "limit": args.limit,

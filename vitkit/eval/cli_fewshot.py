@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def _ints(s: str) -> list[int]:
@@ -58,6 +59,11 @@ def _load_npy(path: str):
 
 
 def run(args) -> int:
+    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..errors import UserError
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
@@ -77,13 +83,11 @@ def run(args) -> int:
     else:
         if not args.checkpoint or not args.dataset:
             raise UserError("give CHECKPOINT and --dataset D (or --train-features and --test-features)")
-        import torch
 
         import vitkit
         from .features import extract_features, load_split
 
         model = vitkit.load(args.checkpoint)
-        torch.set_grad_enabled(False)
         tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.train_limit)
         te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.test_limit)
         xtr = extract_features(model, tr_img, args.batch_size)
