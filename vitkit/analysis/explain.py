@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..data.preprocess import open_image
 from .attention import attention_rollout, collect_attention, rollout_map
 
 CLS_LABEL = "attention rollout: [class] token to patches"
@@ -21,22 +22,6 @@ GAP_LABEL = "GAP model (no [class] token): mean over query patches of attention 
 
 def rollout_label(has_cls: bool) -> str:
     return CLS_LABEL if has_cls else GAP_LABEL
-
-
-def open_image(path):
-    """Open an image file fully (so a truncated file fails here, not later), or raise a one-line UserError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"image {path} is a directory, not an image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def _as_pil(image):

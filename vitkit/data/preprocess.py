@@ -75,3 +75,21 @@ class Preprocess:
             images = [images]
         batch = np.stack([self.to_array(im) for im in images])  # (N, S, S, C)
         return self.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))
+
+
+def open_image(path):
+    """Open an image file fully (so a truncated file fails here, not later), or raise a one-line UserError."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import UserError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"image {path} is a directory, not an image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None

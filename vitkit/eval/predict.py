@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.preprocess import open_image
 from ..errors import UserError
 
 
@@ -22,22 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     p.add_argument("--explain", metavar="OUT.png", default=None,
                    help="also write an attention-rollout explanation of the first image to this file")
-
-
-def open_image(path: str):
-    """Fully decoded PIL image, or a one-line UserError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"image {path} is a directory, not an image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def predict(model, pil_images, topk: int = 5) -> list[list[tuple[str, float]]]:
