@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from . import __version__
 from .errors import UserError
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     debug = "--debug" in argv or os.environ.get("VITKIT_DEBUG") == "1"
+    if not debug:  # warnings for people: one line each, without Python's source-line echo
+        warnings.formatwarning = lambda message, category, *a, **k: f"vitkit: warning: {message}\n"
     try:
         args = build_parser(command if command in COMMANDS else None).parse_args(argv)
         if not getattr(args, "_run", None):
