@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, device=device)
     pre = model.preprocess
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir, image_size=pre.image_size,
-                      channels=pre.channels)
+                      channels=pre.channels, preprocess=pre)  # folders decode exactly as predict does
     k_model, k_data = model.cfg.num_classes, len(ds.class_names)
     if k_data > k_model:
         raise UserError(f"{args.dataset} has {k_data} classes but the checkpoint's head has {k_model}; "

@@ -63,7 +63,8 @@ def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | No
 
     kw = {}
     if model is not None:
-        kw = dict(image_size=model.cfg.image_size, channels=model.cfg.in_chans)
+        kw = dict(image_size=model.cfg.image_size, channels=model.cfg.in_chans,
+                  preprocess=getattr(model, "preprocess", None))  # folders decode exactly as predict does
     ds = load_dataset(spec, split=split, data_dir=data_dir, **kw)
     labels = np.asarray(ds.labels).astype(np.int64)
     if len(labels) == 0:
