@@ -34,6 +34,19 @@ def test_resize_pos_embed_matches_scipy_zoom_order1():
         assert torch.equal(ours[:, :1], posemb[:, :1])  # class token row kept apart
 
 
+def test_resize_pos_embed_torch_fallback_matches_scipy(monkeypatch):
+    """Without scipy, surgery interpolates in torch (bilinear, aligned corners): the same numbers to 1e-12."""
+    import sys
+
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    posemb = torch.randn(1, 1 + 7 * 7, 6, dtype=torch.float64)
+    ref = scipy_ndimage.zoom(posemb[0, 1:].reshape(7, 7, 6).numpy(), (12 / 7, 12 / 7, 1), order=1)
+    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)  # `import scipy.ndimage` now raises ImportError
+    ours = resize_pos_embed(posemb, 12, num_prefix_tokens=1)
+    np.testing.assert_allclose(ours[0, 1:].reshape(12, 12, 6).numpy(), ref, atol=1e-12)
+    assert torch.equal(ours[:, :1], posemb[:, :1])
+
+
 def test_resize_pos_embed_without_class_token():
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
     posemb = torch.randn(1, 16, 3, dtype=torch.float64)

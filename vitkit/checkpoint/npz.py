@@ -38,6 +38,7 @@ import torch
 from ..config import ViTConfig
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from .surgery import resize_pos_embed
 
 PREPROCESS_MEAN = PREPROCESS_STD = (0.5, 0.5, 0.5)
 
@@ -414,7 +415,7 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
         new_cfg = cfg.replace(image_size=image_size)
         sd = dict(model.state_dict())
         if cfg.pos_embed == "learned":
-            sd["pos_embed"] = official_resize_pos_embed(sd["pos_embed"], new_cfg.grid_size,
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], new_cfg.grid_size,
                                                         int(cfg.classifier == "token"))
         model = ViT(new_cfg).to(dtype or torch.float32)
         model.load_state_dict(sd)
@@ -424,31 +425,6 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
         model = reset_head(model, num_classes).to(dtype)
         cfg = model.cfg
     return model, official_preprocess(cfg.image_size, cfg.in_chans), None
-
-
-def official_resize_pos_embed(posemb: torch.Tensor, new_grid: int, num_prefix_tokens: int) -> torch.Tensor:
-    """Resize position embeddings to a new grid bit for bit as the official load_pretrained does.
-
-    The official code runs scipy.ndimage.zoom(order=1) on the (g, g, D) grid in the checkpoint's dtype.
-    surgery.resize_pos_embed computes the same interpolation (bilinear, aligned corners) in float64, but with
-    another association of the products, so a float32 result can differ from scipy's in the last bit (~1e-9 in
-    logits). Where scipy is installed this calls it, exactly as the official code; otherwise surgery's."""
-    try:
-        import scipy.ndimage
-    except ImportError:  # pragma: no cover - scipy ships with the test and analysis extras
-        from .surgery import resize_pos_embed
-
-        return resize_pos_embed(posemb, new_grid, num_prefix_tokens)
-    prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
-    old = int(round(grid.shape[0] ** 0.5))
-    if old * old != grid.shape[0]:
-        raise UserError(f"position embedding has {grid.shape[0]} grid rows, not a square number")
-    if old == new_grid:
-        return posemb
-    g = grid.detach().cpu().numpy().reshape(old, old, -1)
-    g = scipy.ndimage.zoom(g, (new_grid / old, new_grid / old, 1), order=1)
-    g = torch.from_numpy(np.ascontiguousarray(g)).reshape(1, new_grid * new_grid, -1).to(posemb)
-    return torch.cat([prefix, g], dim=1)
 
 
 def official_preprocess(image_size: int, channels: int = 3) -> Preprocess:

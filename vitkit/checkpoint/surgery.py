@@ -2,8 +2,9 @@
 
 * `resize_pos_embed`: 2D interpolation of the grid of learned position embeddings to a new grid, the [class]
   token row kept apart. The official code uses scipy.ndimage.zoom(order=1) on the (g, g, D) grid, whose default
-  (grid_mode=False) maps output index o to input coordinate o * (g_old - 1) / (g_new - 1): exactly bilinear
-  interpolation with aligned corners. tests/test_surgery.py checks it against scipy itself.
+  (grid_mode=False) maps output index o to input coordinate o * (g_old - 1) / (g_new - 1): bilinear interpolation
+  with aligned corners. vitkit calls scipy itself where installed (bit-exact), torch's equivalent otherwise;
+  tests/test_checkpoint_core.py checks both against scipy.
 * `reset_head`: a new zero-initialised head for a new class count.
 * `drop_pre_logits`: remove the pre-training head's hidden (tanh) layer.
 """
@@ -12,23 +13,36 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ViTConfig
+from ..errors import UserError
 
 
 def resize_pos_embed(posemb: torch.Tensor, new_grid: int, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """(1, prefix + g*g, D) -> (1, prefix + new_grid**2, D); prefix rows (the [class] token) are kept as they are."""
+    """(1, prefix + g*g, D) -> (1, prefix + new_grid**2, D); prefix rows (the [class] token) are kept as they are.
+
+    Where scipy is installed this runs scipy.ndimage.zoom(order=1) on the (g, g, D) grid in the checkpoint's dtype,
+    bit for bit as the official load_pretrained. Otherwise the same interpolation in torch (bilinear, aligned
+    corners, float64), which can differ from scipy's in the last float32 bit (~1e-9 in fp64 logits)."""
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
     old = int(round(grid.shape[0] ** 0.5))
     if old * old != grid.shape[0]:
-        raise ValueError(f"position embedding has {grid.shape[0]} grid rows, not a square number")
+        raise UserError(f"position embedding has {grid.shape[0]} grid rows, not a square number")
     if old == new_grid:
         return posemb
-    g = grid.reshape(old, old, -1).permute(2, 0, 1)[None].double()  # (1, D, g, g)
-    g = F.interpolate(g, size=(new_grid, new_grid), mode="bilinear", align_corners=True)
-    g = g[0].permute(1, 2, 0).reshape(1, new_grid * new_grid, -1).to(posemb.dtype)
+    try:
+        import scipy.ndimage
+    except ImportError:  # pragma: no cover - scipy ships with the test, analysis and interop extras
+        g = grid.reshape(old, old, -1).permute(2, 0, 1)[None].double()  # (1, D, g, g)
+        g = F.interpolate(g, size=(new_grid, new_grid), mode="bilinear", align_corners=True)
+        g = g[0].permute(1, 2, 0).reshape(1, new_grid * new_grid, -1).to(posemb.dtype)
+    else:
+        z = scipy.ndimage.zoom(grid.detach().cpu().numpy().reshape(old, old, -1), (new_grid / old, new_grid / old, 1),
+                               order=1)
+        g = torch.from_numpy(np.ascontiguousarray(z)).reshape(1, new_grid * new_grid, -1).to(posemb)
     return torch.cat([prefix, g], dim=1)
 
 
