@@ -11,12 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-
-
-def _np(a) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().float().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+from .attention import _np
 
 
 def embedding_filter_pcs(weight, k: int = 28) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ import time
 import torch
 
 from ..errors import UserError
+from ..train.distributed import resolve_device
 from . import throughput as T
 
 
@@ -86,15 +87,6 @@ def _fmt_bytes(b):
     if b is None:
         return "-"
     return f"{b / 2**30:.2f}G" if b >= 2**30 else f"{b / 2**20:.0f}M"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(name)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
-    return d
 
 
 def environment(device: torch.device) -> dict:
@@ -256,7 +248,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.decode:
         return run_decode(args, log)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.batch < 1 or args.repeats < 1:
         raise UserError("--batch and --repeats must be at least 1")
     dtypes = sorted({"bf16" if p != "fp32" else "fp32" for p in args.precision + (args.peer_precision or [])})

@@ -8,14 +8,16 @@ renamed dict and the names no row matched (reported as unexpected by the callers
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Optional
 
-_PLACEHOLDER = r"(?P<{}>\d+)"
+_DIGITS = r"\d+"
 
 
-def _regex(template: str) -> re.Pattern:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile("".join(re.escape(x) if j % 2 == 0 else _PLACEHOLDER.format(x)
+def _regex(template: str, patterns: Optional[dict] = None) -> re.Pattern:
+    """'a/{i}/b' -> a regex whose named groups match the placeholders; `patterns` gives a name its own pattern
+    (default: digits)."""
+    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
+    return re.compile("".join(re.escape(x) if j % 2 == 0 else f"(?P<{x}>{(patterns or {}).get(x, _DIGITS)})"
                               for j, x in enumerate(parts)) + "$")
 
 

@@ -38,6 +38,7 @@ import torch
 from ..config import ViTConfig
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from .keys import _regex as keys_regex
 from .surgery import resize_pos_embed
 
 PREPROCESS_MEAN = PREPROCESS_STD = (0.5, 0.5, 0.5)
@@ -125,9 +126,7 @@ _PLACEHOLDER = {"i": r"\d+", "s": r"\d+", "u": r"\d+", "s0": r"\d+", "u0": r"\d+
 
 
 def _regex(template: str) -> re.Pattern:
-    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
-    rx = "".join(re.escape(x) if j % 2 == 0 else f"(?P<{x}>{_PLACEHOLDER[x]})" for j, x in enumerate(parts))
-    return re.compile(rx + "$")
+    return keys_regex(template, _PLACEHOLDER)
 
 
 def _fill(template: str, groups: dict) -> str:
