@@ -101,6 +101,44 @@ def test_evaluate_reloaded_checkpoint_agrees(tiny_run):
     assert total / 64 == pytest.approx(r["top1"])
 
 
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror(tiny_run):
+    import torch.nn.functional as F
+
+    from vitkit.data.datasets import load_dataset
+    from vitkit.eval.evaluate import evaluate
+
+    model = vitkit.load(tiny_run[0] / "checkpoint").eval()
+    ds, idx = load_dataset("embedded", "test"), torch.arange(64)
+    r = evaluate(model, ds, batch_size=24, indices=idx, tta="flip")
+    x = model.preprocess.normalize(torch.as_tensor(ds.images[:64]))
+    y = torch.as_tensor(ds.labels[:64]).long()
+    with torch.no_grad():
+        p = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2
+    assert r["top1"] == pytest.approx(float((p.argmax(-1) == y).float().mean()))
+    assert r["loss"] == pytest.approx(float(F.nll_loss(p.log(), y)), rel=1e-5)
+    assert r["loss"] != pytest.approx(evaluate(model, ds, batch_size=24, indices=idx)["loss"])  # mirror was used
+    with pytest.raises(UserError, match="test-time augmentation 'rot'"):
+        evaluate(model, ds, indices=idx, tta="rot")
+
+
+def test_gelu_flag_sets_a_fresh_model_and_is_refused_with_init(tiny_run, tmp_path):
+    import torch.nn.functional as F
+
+    r = train(TrainSettings(**TINY, steps=1, gelu="erf", out=str(tmp_path / "erf")))
+    model = vitkit.load(r["checkpoint"])
+    assert model.cfg.gelu_approximate == "none"  # saved in the checkpoint and restored: exact-erf GELU
+    mlp, x = model.blocks[0].mlp.eval(), torch.randn(2, 5, model.cfg.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))), atol=0, rtol=0)
+        assert not torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh")))
+    assert vitkit.load(tiny_run[0] / "checkpoint").cfg.gelu_approximate == "tanh"  # the variants' default
+    with pytest.raises(UserError, match="--gelu"):
+        train(TrainSettings(**TINY, steps=1, gelu="erf", init=str(tiny_run[0] / "checkpoint"),
+                            out=str(tmp_path / "ft")))
+    with pytest.raises(UserError, match="unknown --gelu 'relu'"):
+        train(TrainSettings(**TINY, steps=1, gelu="relu", out=str(tmp_path / "bad")))
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     base = dict(TINY, steps=3, crop="none", flip=False, eval_every=100)
     train(TrainSettings(**base, out=str(tmp_path / "a")))

@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier", choices=["token", "gap"], default=S)
     g.add_argument("--pos-embed", choices=["learned", "learned2d", "sincos2d", "none"], default=S)
     g.add_argument("--dropout", type=float, default=S)
+    g.add_argument("--gelu", choices=["tanh", "erf"], default=S,
+                   help="GELU of a fresh model: tanh approximation (official; default) or exact erf (faster on CPU)")
     g.add_argument("--init", default=S, metavar="CKPT", help="fine-tune from this checkpoint (any format)")
     g = p.add_argument_group("how long, how big")
     g.add_argument("--epochs", type=float, default=S)

@@ -45,6 +45,7 @@ from .optim import build_optimizer, build_scheduler
 from .recipes import Recipe
 
 CHECKPOINT, BEST, METRICS = "checkpoint", "best", "metrics.jsonl"
+GELU = {"tanh": "tanh", "erf": "none"}  # --gelu -> ViTConfig.gelu_approximate (torch's `approximate` argument)
 
 
 @dataclass
@@ -135,12 +136,14 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     from ..data.preprocess import Preprocess
     from ..model import ViT, create_model
 
+    if s.gelu is not None and s.gelu not in GELU:
+        raise UserError(f"unknown --gelu {s.gelu!r}; valid: {', '.join(GELU)}")
     if s.init:
         from ..checkpoint.io import load
         from ..checkpoint.surgery import adapt_model
 
-        if s.classifier or s.pos_embed:
-            raise UserError("--classifier and --pos-embed cannot change a pre-trained (--init) model")
+        if s.classifier or s.pos_embed or s.gelu:
+            raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
         base = load(s.init)
         pre = base.preprocess
         model = adapt_model(base, num_classes=num_classes, image_size=s.image_size)
@@ -157,7 +160,8 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     image_size = s.image_size or (native if native and native % patch == 0 else DEFAULT_IMAGE_SIZE[patch])
     try:
         model = create_model(s.model, num_classes=num_classes, image_size=image_size, in_chans=data_channels,
-                             classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout)
+                             classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout,
+                             **({} if s.gelu is None else {"gelu_approximate": GELU[s.gelu]}))
     except ValueError as e:
         raise UserError(str(e)) from None
     c = data_channels
@@ -345,7 +349,8 @@ def train(s: TrainSettings) -> dict:
         if s.fsdp and s.compile:
             model = torch.compile(model)
         params = [p for p in core.parameters() if p.requires_grad]
-        optimizer = build_optimizer(core, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum)
+        optimizer = build_optimizer(core, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
+                                    fused=not s.fsdp and info.device.type in ("cpu", "cuda"))
         scheduler = build_scheduler(optimizer, warmup, total, s.schedule)
         aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
         aug = BatchAugment(cfg.image_size, len(class_names), crop=s.crop,
