@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes (image folders)")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="test-time augmentation: flip = average the predictions for each image and its mirror "
+                        "(mirror-invariant classes only; reported as such)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -45,17 +48,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.dataset} has {k_data} classes but the checkpoint's head has {k_model}; "
                         f"fine-tune it first (vitkit train --init {args.checkpoint} --dataset {args.dataset})")
     n = len(ds.labels) if args.limit is None else min(args.limit, len(ds.labels))
+    if args.tta == "flip" and not getattr(ds, "flip_ok", True):
+        raise UserError(f"--tta flip: {args.dataset} classes are not mirror-invariant (digits); use --tta none")
     t0 = time.perf_counter()
     r = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, indices=torch.arange(n),
-                 device=device, num_workers=args.workers)
+                 device=device, num_workers=args.workers, tta=args.tta)
     r["per_class"] = {name: r["per_class"].get(str(model.class_names[i]) if i < len(model.class_names) else str(i))
                       for i, name in enumerate(ds.class_names)}
-    r.update(dataset=args.dataset, split=args.split, checkpoint=str(args.checkpoint),
+    r.update(dataset=args.dataset, split=args.split, checkpoint=str(args.checkpoint), tta=args.tta,
              time_s=round(time.perf_counter() - t0, 2))
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{args.checkpoint} on {args.dataset} ({args.split}, {r['n']} images)")
+    tta = ", flip test-time augmentation" if args.tta == "flip" else ""
+    print(f"{args.checkpoint} on {args.dataset} ({args.split}, {r['n']} images{tta})")
     print(f"  top-1  {100 * r['top1']:6.2f}%")
     print(f"  top-5  {100 * r['top5']:6.2f}%")
     print(f"  loss   {r['loss']:.4f}")

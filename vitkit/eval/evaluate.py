@@ -6,6 +6,11 @@ The model's own preprocessing is used (`model.preprocess`, from its checkpoint):
 its image size (`resize_batch`) and converted to its channel count (gray <-> RGB) before normalisation, so any
 checkpoint can be evaluated on any dataset with the same classes. `evaluate_counts` returns summable tensors so
 that the training loop can shard evaluation over processes and all-reduce them.
+
+Test-time augmentation (`tta="flip"`): the class probabilities of each image and of its horizontal mirror are
+averaged (the loss is the cross-entropy of that average). Only for data whose classes are mirror-invariant (clothes,
+photos; not digits). Measured on full Fashion-MNIST with four ViT-Mini/7 runs: +0.35 to +0.74 points top-1
+for twice the evaluation cost. Reported separately from plain accuracy wherever vitkit prints it.
 """
 
 from __future__ import annotations
@@ -30,14 +35,19 @@ def _preprocess_of(model):
 
 @torch.no_grad()
 def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batch_size: int = 256,
-                    precision: str = "fp32", preprocess=None, device=None, num_workers: int = 0) -> dict:
+                    precision: str = "fp32", preprocess=None, device=None, num_workers: int = 0,
+                    tta: Optional[str] = None) -> dict:
     """Sums over `indices` (default: the whole dataset): correct top-1 / top-5, summed loss, count, and per-class
-    correct / total, as float64 tensors on `device`."""
+    correct / total, as float64 tensors on `device`. `tta`: None or "flip" (see the module docstring)."""
     from ..data.datasets import iterate_batches, resize_batch
     from ..train.loop import autocast, to_channels
 
     pre, inner = _preprocess_of(model)
     pre = preprocess or pre
+    if tta not in (None, "none", "flip"):
+        from ..errors import UserError
+
+        raise UserError(f"unknown test-time augmentation {tta!r}; valid: none, flip")
     device = torch.device(device) if device is not None else next(inner.parameters()).device
     k = inner.cfg.num_classes
     if indices is None:
@@ -54,8 +64,11 @@ def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batc
             images = resize_batch(to_channels(images, pre.channels), pre.image_size)
             x = pre.normalize(images).to(device)
             with autocast(device, precision):
-                logits = model(x)
-            logits = logits.float().cpu()
+                logits = model(x).float()
+                if tta == "flip":  # log of the mean probability: argmax, top-5 and cross-entropy all follow from it
+                    probs = (logits.softmax(-1) + model(x.flip(-1)).float().softmax(-1)) / 2
+                    logits = probs.clamp_min(1e-30).log()
+            logits = logits.cpu()
             labels = labels.long()
             if int(labels.max()) >= k:
                 from ..errors import UserError
@@ -86,9 +99,9 @@ def summarize(counts: dict, class_names) -> dict:
 
 
 def evaluate(model, dataset, batch_size: int = 256, precision: str = "fp32", indices=None, device=None,
-             num_workers: int = 0) -> dict:
+             num_workers: int = 0, tta: Optional[str] = None) -> dict:
     """{top1, top5, loss, n, per_class: {class name: accuracy}} of `model` on `dataset` (fractions in [0, 1])."""
     _, inner = _preprocess_of(model)
     names = getattr(inner, "class_names", None) or getattr(dataset, "class_names", None)
     return summarize(evaluate_counts(model, dataset, indices, batch_size, precision, device=device,
-                                     num_workers=num_workers), names)
+                                     num_workers=num_workers, tta=tta), names)
