@@ -192,3 +192,29 @@ def test_input_of_wrong_size_names_expected_shape():
 def test_sizes_are_consistent():
     for name, s in SIZES.items():
         assert s["hidden_size"] % s["num_heads"] == 0, name
+
+
+def test_attention_auto_is_explicit_on_cpu_and_sdpa_when_asked(monkeypatch):
+    import vitkit.model as M
+
+    m = create_model("ViT-testing/4", num_classes=3, image_size=16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = m.set_fused_attn(False)(x)
+    calls = []
+    sdpa = M.F.scaled_dot_product_attention
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    torch.testing.assert_close(m.set_fused_attn("auto")(x), ref, atol=0, rtol=0)  # CPU: the explicit path
+    assert calls == [] and all(b.attn.fused == "auto" for b in create_model("ViT-testing/4").blocks)
+    torch.testing.assert_close(m.set_fused_attn(True)(x), ref, atol=1e-5, rtol=0)
+    assert len(calls) == len(m.blocks)
+    with pytest.raises(ValueError, match="fused must be"):
+        m.set_fused_attn("flash")
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    import platform
+
+    from vitkit.perf import keep_freed_memory
+
+    ok = keep_freed_memory()
+    assert ok == (platform.libc_ver()[0] == "glibc")

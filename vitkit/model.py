@@ -19,7 +19,7 @@ makes timm interop a near-identity key table.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +54,12 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention. `fused` uses PyTorch's scaled_dot_product_attention; the explicit path computes
-    softmax(q k^T / sqrt(d)) itself and can return those weights (the paper's attention analyses need them)."""
+    """Multi-head self-attention. `fused` True uses PyTorch's scaled_dot_product_attention; False the explicit path,
+    which computes softmax(q k^T / sqrt(d)) itself and can return those weights (the paper's attention analyses
+    need them); "auto" (the default) is SDPA on GPU and explicit on CPU, where it is the faster one. Measured on 2
+    CPU cores, bf16: a ViT-Mini/7 training step 1.5-1.6x faster; ViT-B/16 inference at batch 32 18.3 vs 16.6 img/s
+    (one attention call, 32 x 12 heads x 197 tokens: 12.4 ms explicit vs 28.4 ms SDPA when malloc keeps its
+    memory, see vitkit/perf.py). Both paths agree within 1e-5 in fp32 (tests/test_model.py)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
         super().__init__()
@@ -64,7 +68,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
-        self.fused = True
+        self.fused: Union[bool, str] = "auto"
         for w in self.qkv.weight.chunk(3):  # q, k, v are separate (D, D) kernels in the official code
             xavier_uniform_(w.data, dim, dim)
         xavier_uniform_(self.proj.weight.data, dim, dim)
@@ -76,7 +80,7 @@ class Attention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.0
-        if self.fused and not return_attn:
+        if not return_attn and (self.fused is True or (self.fused == "auto" and x.device.type != "cpu")):
             out, attn = F.scaled_dot_product_attention(q, k, v, dropout_p=drop), None
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, T, T)
@@ -169,7 +173,10 @@ class ViT(nn.Module):
         self.preprocess = None  # set by vitkit.load: turns PIL images into the tensor forward() expects
 
     # -- switches -------------------------------------------------------------------------------------------
-    def set_fused_attn(self, fused: bool = True) -> "ViT":
+    def set_fused_attn(self, fused: Union[bool, str] = True) -> "ViT":
+        """True: SDPA; False: explicit softmax attention; "auto": SDPA on GPU, explicit on CPU (the default)."""
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
         for b in self.blocks:
             b.attn.fused = fused
         return self

@@ -60,7 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AdamW implementation for vitkit training rows (peers use foreach unless "
                         "--peer-optimizer fused)")
     p.add_argument("--peer-optimizer", choices=["fused", "foreach"], default="foreach")
-    p.add_argument("--explicit-attn", action="store_true", help="vitkit: explicit softmax attention, not SDPA")
+    p.add_argument("--attention", choices=["auto", "sdpa", "explicit"], default="auto",
+                   help="vitkit attention: auto (default: explicit softmax on CPU, SDPA on GPU), sdpa or explicit")
+    p.add_argument("--explicit-attn", action="store_true", help="same as --attention explicit")
+    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                   help="leave glibc malloc's defaults (by default large freed blocks are kept for reuse, for every "
+                        "row alike; see vitkit/perf.py)")
     p.add_argument("--grad-checkpointing", action="store_true", help="vitkit training: checkpoint every block")
     p.add_argument("--channels-last", action="store_true", help="vitkit inference: channels_last input/model")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
@@ -162,7 +167,7 @@ def build_runners(args, device: torch.device, log) -> list:
 
     def vitkit_model():
         m = create_model(args.model, **cfg_kw)
-        m.set_fused_attn(not args.explicit_attn)
+        m.set_fused_attn(False if args.explicit_attn else ATTENTION[args.attention])
         m.set_grad_checkpointing(args.grad_checkpointing)
         return m
 
@@ -242,8 +247,15 @@ def run_decode(args, log) -> int:
     return 0
 
 
+ATTENTION = {"auto": "auto", "sdpa": True, "explicit": False}  # --attention -> ViT.set_fused_attn
+
+
 def run(args) -> int:
     log = _log(args)
+    if args.keep_freed_memory:  # every row of the run alike, peers included (vitkit/perf.py)
+        from ..perf import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.decode:
