@@ -1,35 +1,58 @@
-"""Full Fashion-MNIST (60k train / 10k test) from scratch on CPU: time to >= 90 % test top-1.
+r"""Full Fashion-MNIST (60k train / 10k test) from scratch on 2 CPU cores: time to >= 90 % test top-1.
 
-    python benchmarks/fmnist_from_scratch.py                 # the tuned settings below
-    python benchmarks/fmnist_from_scratch.py --epochs 8 --compile --json results.json
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/fmnist_from_scratch.py
 
-Both CPU cores are used best by two single-thread processes (intra-op threading scales poorly for a model this
-small: one 2-thread process trains at ~940 img/s, two 1-thread DDP ranks at ~1,200 img/s together):
+Two single-thread DDP ranks use 2 cores best for a model this small (one 2-thread process trains at ~940 img/s).
+Settings (the defaults below): ViT-Mini/7 (2.68M parameters, 16 patches + [class]), 16 epochs, global batch 256
+(2 ranks x 128), AdamW lr 7e-4 / weight decay 0.05 / betas (0.9, 0.999), half an epoch of warmup then cosine,
+label smoothing 0.1, horizontal flips, no crops, bf16 autocast, exact-erf GELU, explicit attention, fused AdamW.
+After training, rank 0 also evaluates the same checkpoint with flip test-time augmentation (TTA: the mean of the
+probabilities for each image and its mirror), reported on its own line; the PASS/MISS verdict is on plain top-1.
 
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/fmnist_from_scratch.py --epochs 16
+Prints the wall time (process start to the end of the final evaluation, data loading included), the test
+accuracy, the training throughput and the fraction of step time spent waiting for data (fetching, augmenting and
+normalising batches on the main process), and the load average before and after, so that a reader can tell a
+run on a shared machine.
 
-Measured that way on 2 idle cores: 89.69 % test top-1 in 806 s (13.4 min), 1,196 img/s, 0.4 % of step time
-waiting for data -- short of the 90 %-in-10-minutes target. A GPU run of the same settings (same numerics) needs
-~20 epochs for 90.3 % (15: 89.6 %), i.e. ~17 min at this speed on 2 cores.
+Measured (2026-11-24, 2 idle cores, AMD EPYC Zen 4, torch 2.13 CPU), this script with its defaults:
+89.63 % plain test top-1 in 548 s wall (9.1 min; 1,764 img/s, 0.4 % of step time waiting for data, load average
+1.0 before), 90.14 % with flip TTA (554 s including that extra evaluation). The target (>= 90 % within 10 minutes)
+is MISSED on plain top-1 by 0.37 points and met only with flip TTA. An 8-epoch run (`--epochs 8`, the 5-minute
+stretch target): 88.45 % (88.84 % with flip TTA) in 291 s.
 
-The same run as a command line (the script only fixes the settings and prints a summary):
+What was tried (full 60k/10k, ViT-Mini/7, erf GELU, fused AdamW, label smoothing 0.1, flips, warmup 0.5 epoch,
+cosine; "1 proc" = one single-thread process, same numerics as the 2-rank run but not timed; plain top-1 from
+the training loop's bf16 evaluation, TTA computed on the checkpoint as `vitkit eval --tta flip --precision bf16`):
 
-    vitkit train --dataset fashion-mnist --model ViT-Mini/7 --epochs 6 --batch-size 128 --lr 1e-3 \
-        --warmup-epochs 0.5 --crop none --label-smoothing 0.1 --eval-every 100000 --out runs/fmnist
+    batch  lr     epochs  change          plain top-1  flip TTA  run
+    128    1e-3   14      -               89.49 %      89.86 %   1 proc
+    128    5e-4   14      -               89.56 %      90.00 %   1 proc (train loss 0.54 vs 0.65: fits more)
+    128    2e-3   14      -               85.55 %      86.62 %   1 proc (unstable: train loss still 0.80)
+    128    1e-3   14      pad-crop 2 px   88.53 %      88.82 %   1 proc (underfits in this budget)
+    256    1e-3   16      -               89.58 %      90.11 %   1 proc
+    256    7e-4   16      -               89.73 %      90.48 %   1 proc
+    256    7e-4   16      weight decay .1 89.59 %      90.30 %   1 proc
+    256    7e-4   16      betas .9,.99    89.24 %      89.90 %   1 proc
+    256    5e-4   16      -               89.11 %      89.82 %   2 ranks, 582 s (the machine was shared briefly)
+    256    7e-4   16      - (this script) 89.63 %      90.14 %   2 ranks, 548 s
+    256    7e-4   17      --epochs 17     89.23 %      90.15 %   2 ranks, 636 s (light other work on the machine)
 
-Prints the wall time (process start to result, including data loading and the final evaluation), the test
-accuracy, the training throughput and the fraction of step time spent waiting for data (fetching, augmenting
-and normalising batches on the main process). The target of the perf issue: >= 90 % within 10 minutes on 2 CPU
-cores (stretch: 5 minutes). A CPU shared with other jobs makes every number here slower; the script prints the
-load average before and after so that a reader can tell.
+The same settings run twice (1 process / 2 ranks: different augmentation streams) gave 89.73 and 89.63 %, so the
+differences between the best rows are at noise level: plain top-1 sits at 89.6 +- 0.1 % for what fits in 10
+minutes. Speed: batch 256 runs at 1,712-1,764 img/s against 1,447 at batch 128 (DDP's gloo all-reduce of the
+10.7 MB fp32 gradient takes 7.4 ms per step, and two independent single-thread processes reach 1,800 img/s
+together), so 16 epochs at batch 256 fit where 14 at batch 128 would.
+Per single-thread process at batch 64 (`vitkit train ... --steps 150`, median step): 743 img/s before this
+session's changes, 805 with fused AdamW, 916 with erf GELU as well, 984 with torch.compile too (compile adds
+only ~1 % under DDP and costs ~15 s, so it is off). Earlier (tanh GELU, looped AdamW, batch 128): 89.69 % in
+806 s; on a GPU with those settings 90.3 % needed 20 epochs.
 
-Measured (2026-11-24, ViT-Mini/7, these defaults, 2 CPU cores shared with other jobs, load average 3-5):
-87.87 % test top-1 after 6 epochs in 810 s (13.5 min; evaluating after every epoch), 463 img/s, 1.0 % of step
-time waiting for data. The target is missed: accuracy per epoch, measured with the same settings on a GPU
-(the numbers carry over; only the speed differs): 4 epochs 87.1 %, 6: 88.0 %, 8: 89.0 %, 10: 89.1 %, 15: 89.6 %,
-20: 90.3 %. 90 % needs ~20 epochs = 1.2M images, ~26 min at the ~780 img/s of 2 idle cores. Tried at 6 epochs
-without gain: lr 5e-4 / 2e-3 (batch 256), no label smoothing, pad-crops (85.6 %), ViT-Mini/4 (88.1 %, 2-3x
-the cost). torch.compile did not pay on this CPU (compilation took 60-80 s on the loaded box).
+The same run as vitkit command lines:
+
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 -m vitkit train --dataset fashion-mnist \
+        --epochs 16 --batch-size 256 --lr 7e-4 --warmup-epochs 0.5 --crop none --gelu erf \
+        --eval-every 100000000 --out runs/fmnist
+    vitkit eval runs/fmnist/checkpoint --dataset fashion-mnist --precision bf16 --tta flip
 """
 
 from __future__ import annotations
@@ -46,15 +69,19 @@ T0 = time.perf_counter()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-Mini/7")
-    p.add_argument("--epochs", type=float, default=6)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=float, default=16)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument("--warmup-epochs", type=float, default=0.5)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--crop", default="none", choices=["pad", "rrc", "none"])
     p.add_argument("--no-flip", dest="flip", action="store_false")
+    p.add_argument("--gelu", default="erf", choices=["erf", "tanh"],
+                   help="erf: exact GELU, 6x faster than the tanh form in PyTorch's CPU kernels")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="skip the extra flip test-time-augmentation evaluation (reported apart from plain top-1)")
     p.add_argument("--compile", action="store_true", help="torch.compile (compilation time counts in the total)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--data-dir", default=None)
@@ -68,26 +95,38 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     s = TrainSettings(dataset="fashion-mnist", model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
-                      label_smoothing=args.label_smoothing, crop=args.crop, flip=args.flip,
+                      label_smoothing=args.label_smoothing, crop=args.crop, flip=args.flip, gelu=args.gelu,
                       precision=args.precision, compile=args.compile, data_dir=args.data_dir, out=args.out,
                       eval_every=args.eval_every or 10**9, save_every=10**9, progress=args.progress)
     r = train(s)
     wall = time.perf_counter() - T0
+    if args.tta and int(os.environ.get("RANK", "0")) == 0:  # the same checkpoint, each image and its mirror
+        import vitkit
+        from vitkit.data.datasets import load_dataset
+        from vitkit.eval.evaluate import evaluate
+
+        rt = evaluate(vitkit.load(r["checkpoint"]), load_dataset("fashion-mnist", "test", data_dir=args.data_dir),
+                      batch_size=500, precision=args.precision, tta="flip")
+        r.update(top1_tta_flip=rt["top1"], wall_with_tta_s=round(time.perf_counter() - T0, 1))
     r.update(wall_s=round(wall, 1), load_before=[round(x, 2) for x in load_before],
              load_after=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count(),
              settings={k: v for k, v in s.to_dict().items() if k in ("model", "epochs", "batch_size", "lr",
                                                                     "label_smoothing", "crop", "flip", "precision",
-                                                                    "compile")})
+                                                                    "compile", "gelu")})
     r.pop("per_class", None)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank gets the result; rank 0 reports it
         return 0
     print(f"Fashion-MNIST from scratch: {r['model']}, {r['epochs']} epochs, {r['steps']} steps")
     print(f"  test top-1       {100 * r['top1']:.2f}%   (top-5 {100 * r['top5']:.2f}%, {r['n']} images)")
-    print(f"  wall time        {wall:.0f} s  ({wall / 60:.1f} min, target <= 10 min, stretch <= 5 min)")
+    print(f"  wall time        {wall:.0f} s  ({wall / 60:.1f} min, target <= 10 min, stretch <= 5 min; process start "
+          f"to the end of the final evaluation)")
     print(f"  training speed   {r['img_per_s']:.0f} img/s")
     print(f"  data wait        {100 * r['data_wait_frac']:.1f}% of step time")
     print(f"  load average     {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
-    print(f"  {'PASS' if r['top1'] >= 0.90 and wall <= 600 else 'MISS'}: >= 90% within 10 minutes")
+    print(f"  {'PASS' if r['top1'] >= 0.90 and wall <= 600 else 'MISS'}: >= 90% within 10 minutes (plain top-1)")
+    if "top1_tta_flip" in r:
+        print(f"  with flip TTA    {100 * r['top1_tta_flip']:.2f}%   (same checkpoint, mean of the image's and its "
+              f"mirror's probabilities; {r['wall_with_tta_s']:.0f} s including this extra evaluation)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,10 @@ def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
         "batch": (["train", "--model", "ViT-testing/4", "--limit-train", 16, "--batch-size", 32, "--out",
                    tmp_path / "b"], ["--batch-size 32", "16"]),
     }
+    mnist = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if (mnist / "t10k-images-idx3-ubyte.gz").is_file():  # flip TTA on digits (a mirrored 2 is not a 2)
+        cases["tta"] = (["eval", out / "checkpoint", "--dataset", "mnist", "--data-dir", mnist, "--tta", "flip"],
+                        ["--tta flip", "mnist", "mirror"])
     procs = {name: start(*args) for name, (args, _) in cases.items()}
     for name, proc in procs.items():
         one_line_error(finish(proc), *cases[name][1])

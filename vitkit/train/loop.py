@@ -65,9 +65,9 @@ class TrainSettings(Recipe):
     eval_batch_size: int = 256
     compile: bool = False
     grad_checkpointing: bool = False
-    # "auto": explicit softmax attention when training on CPU, PyTorch SDPA elsewhere. Measured on 2 CPU cores,
+    # "auto": explicit softmax attention on CPU, PyTorch SDPA elsewhere (ViT.set_fused_attn). Measured on 2 CPU cores,
     # bf16 training step: explicit is 1.5-1.6x faster than SDPA at 17, 65 and 257 tokens (SDPA's CPU flash
-    # backward is the slow part); outputs agree within 1e-5 (tests/test_model.py). Checkpoints load with SDPA.
+    # backward is the slow part); outputs agree within 1e-5 (tests/test_model.py). Loaded models use "auto" too.
     attention: str = "auto"
     fsdp: bool = False
     device: str = "auto"
