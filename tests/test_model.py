@@ -207,6 +207,8 @@ def test_attention_auto_is_explicit_on_cpu_and_sdpa_when_asked(monkeypatch):
     assert calls == [] and all(b.attn.fused == "auto" for b in create_model("ViT-testing/4").blocks)
     torch.testing.assert_close(m.set_fused_attn(True)(x), ref, atol=1e-5, rtol=0)
     assert len(calls) == len(m.blocks)
+    assert m.set_fused_attn("explicit").blocks[0].attn.fused is False  # the --attention flag values
+    assert m.set_fused_attn("sdpa").blocks[0].attn.fused is True
     with pytest.raises(ValueError, match="fused must be"):
         m.set_fused_attn("flash")
 

@@ -174,9 +174,11 @@ class ViT(nn.Module):
 
     # -- switches -------------------------------------------------------------------------------------------
     def set_fused_attn(self, fused: Union[bool, str] = True) -> "ViT":
-        """True: SDPA; False: explicit softmax attention; "auto": SDPA on GPU, explicit on CPU (the default)."""
+        """True or "sdpa": SDPA; False or "explicit": explicit softmax attention; "auto": SDPA on GPU, explicit on
+        CPU (the default). The strings are the values of the --attention flags of `vitkit train` and `vitkit bench`."""
+        fused = {"sdpa": True, "explicit": False}.get(fused, fused)
         if fused not in (True, False, "auto"):
-            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
+            raise ValueError(f"fused must be True, False, 'auto', 'sdpa' or 'explicit', got {fused!r}")
         for b in self.blocks:
             b.attn.fused = fused
         return self

@@ -167,7 +167,7 @@ def build_runners(args, device: torch.device, log) -> list:
 
     def vitkit_model():
         m = create_model(args.model, **cfg_kw)
-        m.set_fused_attn(False if args.explicit_attn else ATTENTION[args.attention])
+        m.set_fused_attn("explicit" if args.explicit_attn else args.attention)
         m.set_grad_checkpointing(args.grad_checkpointing)
         return m
 
@@ -245,9 +245,6 @@ def run_decode(args, log) -> int:
             json.dump({"decode": args.decode, "image_size": size, "batch": args.batch, "rows": rows,
                        "environment": environment(torch.device("cpu"))}, f, indent=2)
     return 0
-
-
-ATTENTION = {"auto": "auto", "sdpa": True, "explicit": False}  # --attention -> ViT.set_fused_attn
 
 
 def run(args) -> int:

@@ -306,7 +306,7 @@ def train(s: TrainSettings) -> dict:
             core.set_grad_checkpointing(True)
         if s.attention not in ("auto", "sdpa", "explicit"):
             raise UserError(f"unknown --attention {s.attention!r}; valid: auto, sdpa, explicit")
-        core.set_fused_attn({"auto": "auto", "sdpa": True, "explicit": False}[s.attention])
+        core.set_fused_attn(s.attention)
 
         # -- batch arithmetic ---------------------------------------------------------------------------------
         B, world = s.batch_size, info.world_size
