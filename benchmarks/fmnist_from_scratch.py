@@ -36,10 +36,11 @@ the training loop's bf16 evaluation, TTA computed on the checkpoint as `vitkit e
     256    5e-4   16      -               89.11 %      89.82 %   2 ranks, 582 s (the machine was shared briefly)
     256    7e-4   16      - (this script) 89.63 %      90.14 %   2 ranks, 548 s
     256    7e-4   17      --epochs 17     89.23 %      90.15 %   2 ranks, 636 s (light other work on the machine)
+    256    7e-4   16      --seed 1        89.28 %      90.38 %   2 ranks, 568 s
 
-The same settings run twice (1 process / 2 ranks: different augmentation streams) gave 89.73 and 89.63 %, so the
-differences between the best rows are at noise level: plain top-1 sits at 89.6 +- 0.1 % for what fits in 10
-minutes. Speed: batch 256 runs at 1,712-1,764 img/s against 1,447 at batch 128 (DDP's gloo all-reduce of the
+The same settings gave 89.73 % (1 process), 89.63 % (2 ranks, seed 0) and 89.28 % (2 ranks, seed 1), so the
+differences between the best rows are at noise level: plain top-1 sits at 89.2-89.7 % for what fits in 10
+minutes, flip TTA at 90.1-90.5 %. Speed: batch 256 runs at 1,712-1,764 img/s against 1,447 at batch 128 (DDP's gloo all-reduce of the
 10.7 MB fp32 gradient takes 7.4 ms per step, and two independent single-thread processes reach 1,800 img/s
 together), so 16 epochs at batch 256 fit where 14 at batch 128 would.
 Per single-thread process at batch 64 (`vitkit train ... --steps 150`, median step): 743 img/s before this
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
                    help="skip the extra flip test-time-augmentation evaluation (reported apart from plain top-1)")
     p.add_argument("--compile", action="store_true", help="torch.compile (compilation time counts in the total)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="runs/fmnist-from-scratch")
     p.add_argument("--progress", action="store_true")
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
                       lr=args.lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, crop=args.crop, flip=args.flip, gelu=args.gelu,
                       precision=args.precision, compile=args.compile, data_dir=args.data_dir, out=args.out,
-                      eval_every=args.eval_every or 10**9, save_every=10**9, progress=args.progress)
+                      seed=args.seed, eval_every=args.eval_every or 10**9, save_every=10**9, progress=args.progress)
     r = train(s)
     wall = time.perf_counter() - T0
     if args.tta and int(os.environ.get("RANK", "0")) == 0:  # the same checkpoint, each image and its mirror
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
              load_after=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count(),
              settings={k: v for k, v in s.to_dict().items() if k in ("model", "epochs", "batch_size", "lr",
                                                                     "label_smoothing", "crop", "flip", "precision",
-                                                                    "compile", "gelu")})
+                                                                    "compile", "gelu", "seed")})
     r.pop("per_class", None)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank gets the result; rank 0 reports it
         return 0
