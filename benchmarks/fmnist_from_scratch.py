@@ -40,9 +40,9 @@ the training loop's bf16 evaluation, TTA computed on the checkpoint as `vitkit e
 
 The same settings gave 89.73 % (1 process), 89.63 % (2 ranks, seed 0) and 89.28 % (2 ranks, seed 1), so the
 differences between the best rows are at noise level: plain top-1 sits at 89.2-89.7 % for what fits in 10
-minutes, flip TTA at 90.1-90.5 %. Speed: batch 256 runs at 1,712-1,764 img/s against 1,447 at batch 128 (DDP's gloo all-reduce of the
-10.7 MB fp32 gradient takes 7.4 ms per step, and two independent single-thread processes reach 1,800 img/s
-together), so 16 epochs at batch 256 fit where 14 at batch 128 would.
+minutes, flip TTA at 90.1-90.5 %. Speed: batch 256 runs at 1,702-1,764 img/s against 1,447 at batch 128
+(DDP's gloo all-reduce of the 10.7 MB fp32 gradient takes 7.4 ms per step, and two independent single-thread
+processes reach 1,800 img/s together), so 16 epochs at batch 256 fit where 14 at batch 128 would.
 Per single-thread process at batch 64 (`vitkit train ... --steps 150`, median step): 743 img/s before this
 session's changes, 805 with fused AdamW, 916 with erf GELU as well, 984 with torch.compile too (compile adds
 only ~1 % under DDP and costs ~15 s, so it is off). Earlier (tanh GELU, looped AdamW, batch 128): 89.69 % in
