@@ -47,12 +47,8 @@ def _pick_shown(labels: np.ndarray, n: int) -> np.ndarray:
     return np.array((firsts + rest)[:n], dtype=np.int64)
 
 
+@torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
-        return _run(args)
-
-
-def _run(args) -> int:
     import vitkit
     from ..eval.features import load_split, model_inputs
     from .attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,

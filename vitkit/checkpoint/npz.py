@@ -414,8 +414,7 @@ def load_npz(path: Path, image_size: Optional[int] = None, num_classes: Optional
         new_cfg = cfg.replace(image_size=image_size)
         sd = dict(model.state_dict())
         if cfg.pos_embed == "learned":
-            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], new_cfg.grid_size,
-                                                        int(cfg.classifier == "token"))
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], new_cfg.grid_size, int(cfg.classifier == "token"))
         model = ViT(new_cfg).to(dtype or torch.float32)
         model.load_state_dict(sd)
         cfg = new_cfg

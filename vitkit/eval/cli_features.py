@@ -22,13 +22,8 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output .npy path (labels go to OUT.labels.npy, metadata to OUT.json)")
 
 
+@torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
-        return _run(args)
-
-
-def _run(args) -> int:
-
     import vitkit
     from ..errors import UserError
     from .features import extract_features, load_split, save_features

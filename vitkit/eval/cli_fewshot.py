@@ -58,12 +58,8 @@ def _load_npy(path: str):
         raise UserError(f"{path} is not a readable .npy file ({e})") from None
 
 
+@torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    with torch.no_grad():  # inference only; a context, so nothing leaks to the caller
-        return _run(args)
-
-
-def _run(args) -> int:
     from ..errors import UserError
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
