@@ -75,4 +75,12 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert losses_a == losses_b  # bitwise: exact float equality
     assert [x for x in a if "top1" in x] == [x for x in b if "top1" in x]
     assert len({loss for _, loss in losses_a}) > 10  # the curve is not trivially constant
+    try:  # TensorBoard (when installed) shows each step once: the killed run's steps after the checkpoint are purged
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return
+    acc = EventAccumulator(str(cut / "tensorboard"), purge_orphaned_data=True).Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in tb] == list(range(1, 15))
+    assert all(abs(v - loss) <= 1e-6 * abs(loss) for (_, v), (_, loss) in zip(tb, losses_a))
 

@@ -84,6 +84,25 @@ def test_smoke_train_writes_checkpoints_and_metrics(tiny_run):
     assert evals[-1]["top1"] == pytest.approx(result["top1"])
 
 
+def _tensorboard_scalars(out, tag):
+    """(step, value) pairs TensorBoard would show for `tag` in out/tensorboard (purged events dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), purge_orphaned_data=True).Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_logs_the_same_figures_as_metrics_jsonl(tiny_run):
+    pytest.importorskip("tensorboard")
+    out, _ = tiny_run
+    rows = _steps(out)
+    for tag, key, rows_of in (("train/loss", "loss", "loss"), ("train/lr", "lr", "loss"), ("eval/top1", "top1", "top1")):
+        want = [(r["step"], r[key]) for r in rows if rows_of in r]
+        got = _tensorboard_scalars(out, tag)
+        assert [s for s, _ in got] == [s for s, _ in want], tag
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)  # float32 in the event file
+
+
 def test_evaluate_reloaded_checkpoint_agrees(tiny_run):
     from vitkit.data.datasets import load_dataset
     from vitkit.eval.evaluate import evaluate

@@ -216,7 +216,9 @@ class Logger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+            # on resume, purge_step makes TensorBoard drop what the killed run logged after the checkpoint
+            self.tb = SummaryWriter(str(out / "tensorboard"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
         except ImportError:
             pass
 
