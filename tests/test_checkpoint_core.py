@@ -65,6 +65,18 @@ def test_adapt_model_new_classes_new_resolution():
     assert new(torch.randn(2, 3, 24, 24)).shape == (2, 7)
 
 
+def test_adapt_model_resizes_the_preprocessing_with_the_model():
+    from PIL import Image
+
+    from vitkit.data.preprocess import Preprocess
+
+    m = _model()
+    m.preprocess = Preprocess(image_size=m.cfg.image_size, resize="bicubic")
+    new = adapt_model(m, image_size=24)
+    assert new.preprocess == Preprocess(image_size=24, resize="bicubic")  # only the size changed
+    assert new(new.preprocess([Image.new("RGB", (50, 30))])).shape == (1, 4)
+
+
 def test_reset_head_and_drop_pre_logits():
     m = _model(representation_size=8)
     assert reset_head(m, 3).head.weight.shape == (3, 8)

@@ -64,9 +64,7 @@ def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None
         if num_classes is not None and num_classes != model.cfg.num_classes:
             model = reset_head(model, num_classes)
         if image_size is not None and image_size != model.cfg.image_size:
-            pre = model.preprocess
-            model = resize_model(model, image_size)
-            model.preprocess = type(pre)(**{**pre.to_dict(), "image_size": image_size})
+            model = resize_model(model, image_size)  # preprocessing resized with it
     else:
         model = io.load(src, **kw)
     mod, fn = WRITERS[to].split(":")

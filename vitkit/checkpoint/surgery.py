@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -84,7 +85,10 @@ def resize_model(model, image_size: int):
     elif cfg.pos_embed == "learned2d":
         for k in ("pos_embed_row", "pos_embed_col"):
             state[k] = _resize_1d(state[k], cfg.grid_size)
-    return _rebuild(model, cfg, state)
+    new = _rebuild(model, cfg, state)
+    if new.preprocess is not None:  # images must now be resized to the new resolution
+        new.preprocess = dataclasses.replace(new.preprocess, image_size=image_size)
+    return new
 
 
 def adapt_model(model, num_classes: Optional[int] = None, image_size: Optional[int] = None,

@@ -144,14 +144,12 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
 
         if s.classifier or s.pos_embed or s.gelu:
             raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
-        base = load(s.init)
-        pre = base.preprocess
-        model = adapt_model(base, num_classes=num_classes, image_size=s.image_size)
+        model = adapt_model(load(s.init), num_classes=num_classes, image_size=s.image_size)
+        pre = model.preprocess  # resized with the model
         if s.dropout and s.dropout != model.cfg.dropout:
             state = model.state_dict()
             model = ViT(model.cfg.replace(dropout=s.dropout))
             model.load_state_dict(state)
-        pre = dataclasses.replace(pre, image_size=model.cfg.image_size)
         return model, pre
     try:
         size, patch = parse_variant(s.model)
