@@ -123,6 +123,52 @@ def test_hybrid_channels_last_matches():
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=1e-4)
 
 
+def test_cpu_dropout_mask_is_unbiased_and_lanes_are_independent():
+    """perf.dropout (16-bit lanes of 64-bit draws) against what F.dropout promises: each element dropped with
+    probability p (here within 5 sigma over 2M elements, overall and for each of the 4 lanes of a draw, and
+    without correlation between neighbouring lanes), kept elements scaled so that the mean is preserved, the
+    gradient masked the same way, reproducible under a seed; identity in eval mode."""
+    from vitkit.perf import Dropout, dropout
+
+    n, p = 2_000_000, 0.1
+    x = torch.ones(n, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, p)
+    kept = y != 0
+    p_eff = round(p * 65536) / 65536
+    sigma = (p_eff * (1 - p_eff) / n) ** 0.5
+    assert abs((~kept).float().mean().item() - p) < 5 * sigma
+    lanes = (~kept).float().view(-1, 4)
+    assert ((lanes.mean(0) - p).abs() < 5 * sigma * 2).all()  # n/4 samples per lane: sigma x 2
+    both = (lanes[:, 0] * lanes[:, 1]).mean().item()  # P(lane 0 and lane 1 dropped) = p^2 if independent
+    assert abs(both - p * p) < 5 * (p * p / (n / 4)) ** 0.5
+    assert torch.all(y[kept] == 1 / (1 - p_eff)) and abs(y.mean().item() - 1) < 5 * sigma / (1 - p)
+    g = torch.randn(n)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g * kept / (1 - p_eff), atol=0, rtol=1e-6)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), p), y.detach())  # the global torch generator, as F.dropout
+    assert not torch.equal(dropout(x.detach(), p), y.detach())
+    z = torch.randn(3, 5, dtype=torch.bfloat16)
+    assert dropout(z, p).dtype == torch.bfloat16 and dropout(z, p).shape == z.shape
+    assert torch.equal(dropout(z, p, training=False), z) and torch.equal(Dropout(p).eval()(z), z)
+    assert torch.equal(dropout(z, 0.0), z) and torch.equal(dropout(z, 1.0), torch.zeros_like(z))
+
+
+def test_model_dropout_is_off_in_eval_and_compiles_without_graph_breaks():
+    import torch._dynamo
+
+    plain, dropped = _model(), _model(dropout=0.1, attention_dropout=0.1)
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x), atol=0, rtol=0)
+        assert not torch.equal(dropped.train()(x), plain(x))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(dropped.train())(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+
+
 def test_compile_matches_eager_without_graph_breaks():
     """dynamo's explain reports one graph, no break; inductor's forward (what `vitkit bench` times for
     inference) matches eager fp32; fwd + bwd through AOTAutograd (aot_eager: the same joint graph and partition

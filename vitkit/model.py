@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ViTConfig, variant_config
+from . import perf  # perf.Dropout: nn.Dropout with a faster CPU mask
 
 
 def lecun_normal_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -84,7 +85,7 @@ class Attention(nn.Module):
             out, attn = F.scaled_dot_product_attention(q, k, v, dropout_p=drop), None
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, T, T)
-            out = F.dropout(attn, drop, self.training) @ v
+            out = perf.dropout(attn, drop, self.training) @ v
         out = self.proj(out.transpose(1, 2).reshape(B, T, D))
         return (out, attn) if return_attn else out
 
@@ -95,7 +96,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, approximate: str = "tanh"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-        self.approximate, self.drop = approximate, nn.Dropout(dropout)
+        self.approximate, self.drop = approximate, perf.Dropout(dropout)
         for fc in (self.fc1, self.fc2):
             xavier_uniform_(fc.weight.data, fc.in_features, fc.out_features)
             nn.init.normal_(fc.bias, std=1e-6)
@@ -114,7 +115,7 @@ class Block(nn.Module):
         self.attn = Attention(d, cfg.num_heads, cfg.qkv_bias, cfg.attention_dropout)
         self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.mlp = MLP(d, cfg.mlp_dim, cfg.dropout, cfg.gelu_approximate)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = perf.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         a = self.attn(self.norm1(x), return_attn=return_attn)
@@ -158,7 +159,7 @@ class ViT(nn.Module):
             self.pos_embed_col = nn.Parameter(torch.empty(1, g, d // 2).normal_(std=0.02))
         elif cfg.pos_embed == "sincos2d":
             self.register_buffer("pos_embed_fixed", sincos_2d(g, d), persistent=False)
-        self.pos_drop = nn.Dropout(cfg.dropout)
+        self.pos_drop = perf.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)  # the official "encoder_norm"
         self.pre_logits = None
