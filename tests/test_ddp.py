@@ -85,7 +85,7 @@ def _fsdp_cut_worker(rank: int, world: int, root: str, port: int, resume: bool) 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      VITKIT_TEST_STEP_DELAY="0" if resume else "0.5")  # slow, so that the kill lands mid-run
+                      VITKIT_TEST_STEP_DELAY="0" if resume else "1")  # slow, so that the kill lands mid-run
     train(TrainSettings(**TINY, **RUNS["fsdp"], out=os.path.join(root, "fsdp_cut"), resume=resume))
 
 
