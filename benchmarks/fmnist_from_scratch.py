@@ -37,12 +37,25 @@ the training loop's bf16 evaluation, TTA computed on the checkpoint as `vitkit e
     256    7e-4   16      - (this script) 89.63 %      90.14 %   2 ranks, 548 s
     256    7e-4   17      --epochs 17     89.23 %      90.15 %   2 ranks, 636 s (light other work on the machine)
     256    7e-4   16      --seed 1        89.28 %      90.38 %   2 ranks, 568 s
+    (third session: other models and regularisers at the best setting above, 1 proc each)
+    256    7e-4   16      --classifier gap 89.34 %     -         1 proc
+    256    7e-4   16      --dropout 0.1   89.22 %      -         1 proc (train loss 0.67 vs 0.58: underfits;
+                                                                 1.6x slower with F.dropout, 1.2-1.4x with vitkit's)
+    256    7e-4   16      patch 4, width 96, 6 layers, mlp 384 (0.68M params, 49 tokens, 909 img/s/proc
+                          vs Mini/7's 895)        89.13 %   -    1 proc
+    256    7e-4   16      patch 4, width 128, 4 layers, mlp 512 (0.80M params, 882 img/s/proc)
+                                                  89.17 %   -    1 proc
+    256    7e-4   16      --label-smoothing 0  89.13 %  -         1 proc
+    256    7e-4   16      --no-flip       88.92 %      -         1 proc (overfits: train loss 0.53)
 
 The same settings gave 89.73 % (1 process), 89.63 % (2 ranks, seed 0) and 89.28 % (2 ranks, seed 1), so the
 differences between the best rows are at noise level: plain top-1 sits at 89.2-89.7 % for what fits in 10
-minutes, flip TTA at 90.1-90.5 %. Speed: batch 256 runs at 1,702-1,764 img/s against 1,447 at batch 128
-(DDP's gloo all-reduce of the 10.7 MB fp32 gradient takes 7.4 ms per step, and two independent single-thread
-processes reach 1,800 img/s together), so 16 epochs at batch 256 fit where 14 at batch 128 would.
+minutes, flip TTA at 90.1-90.5 %. None of the third session's six variants beat the 89.73 % of the same
+single-process setting: the compute-matched patch-4 models see 3x the tokens but are too narrow (train loss 0.63
+vs 0.58), dropout underfits in 16 epochs, no flips overfits.
+Speed: batch 256 runs at 1,702-1,764 img/s against 1,447 at batch 128 (DDP's gloo all-reduce of the 10.7 MB
+fp32 gradient takes 7.4 ms per step, and two independent single-thread processes reach 1,800 img/s together),
+so 16 epochs at batch 256 fit where 14 at batch 128 would.
 Per single-thread process at batch 64 (`vitkit train ... --steps 150`, median step): 743 img/s before this
 session's changes, 805 with fused AdamW, 916 with erf GELU as well, 984 with torch.compile too (compile adds
 only ~1 % under DDP and costs ~15 s, so it is off). Earlier (tanh GELU, looped AdamW, batch 128): 89.69 % in

@@ -96,8 +96,8 @@ def test_tensorboard_logs_the_same_figures_as_metrics_jsonl(tiny_run):
     pytest.importorskip("tensorboard")
     out, _ = tiny_run
     rows = _steps(out)
-    for tag, key, rows_of in (("train/loss", "loss", "loss"), ("train/lr", "lr", "loss"), ("eval/top1", "top1", "top1")):
-        want = [(r["step"], r[key]) for r in rows if rows_of in r]
+    for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("eval/top1", "top1")):
+        want = [(r["step"], r[key]) for r in rows if key in r]
         got = _tensorboard_scalars(out, tag)
         assert [s for s, _ in got] == [s for s, _ in want], tag
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)  # float32 in the event file
