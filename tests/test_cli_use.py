@@ -117,3 +117,14 @@ def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
     procs = {name: start(*args) for name, (args, _) in cases.items()}
     for name, proc in procs.items():
         one_line_error(finish(proc), *cases[name][1])
+
+
+def test_train_command_keeps_freed_memory(tmp_path, monkeypatch):
+    """`vitkit train` asks malloc to keep freed blocks for reuse (vitkit/perf.py)."""
+    import vitkit.perf
+    from vitkit import cli
+
+    calls = []
+    monkeypatch.setattr(vitkit.perf, "keep_freed_memory", lambda: calls.append("called") or True)
+    assert cli.main(["train", *TINY, "--steps", "1", "--out", str(tmp_path / "run")]) == 0
+    assert calls == ["called"]
