@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ViTConfig, variant_config
 from . import perf  # perf.Dropout: nn.Dropout with a faster CPU mask
+from .config import ViTConfig, variant_config
 
 
 def lecun_normal_(t: torch.Tensor, fan_in: int) -> torch.Tensor:

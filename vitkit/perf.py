@@ -9,8 +9,8 @@ for 32 x 12 heads x 197 tokens 11.8 ms instead of 29.7 ms; ViT-B/16 inference at
 img/s (77.6 % instead of 72.3 % of the measured bf16 matmul ceiling). The cost: the process keeps its peak heap
 (RSS does not shrink after a big step), so it is applied by `vitkit bench` and `vitkit train` (a training
 process is at its peak every step anyway; ViT-B/16 bf16 training step at batch 16 on 2 threads 6.92 vs 6.72
-img/s, ViT-Mini/7 at batch 256 on one thread +7 % by the median of five noisy pairs) and is opt-in for library
-users.
+img/s; for the small ViT-Mini/7 it is within noise: the README quick start trained at 1,257 vs 1,248 img/s) and
+is opt-in for library users.
 Equivalent environment variables for any process: MALLOC_MMAP_THRESHOLD_=2147483647
 MALLOC_TRIM_THRESHOLD_=2147483647. No effect (returns False) where the C library is not glibc.
 
