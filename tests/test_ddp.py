@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 import vitkit
+from runlogs import steps_logged
 from vitkit.train.loop import TrainSettings, train
 
 # no random augmentation and no dropout, so that the split of the batch over processes is the only difference
@@ -96,20 +97,15 @@ def test_fsdp_killed_mid_run_and_resumed_matches_the_uninterrupted_run(runs):
     from vitkit.checkpoint.io import load_train_state
 
     cut = runs / "fsdp_cut"
-
-    def logged() -> int:
-        path = cut / "metrics.jsonl"
-        return sum('"loss"' in line for line in path.read_text().splitlines()) if path.exists() else 0
-
     ctx = mp.start_processes(_fsdp_cut_worker, args=(2, str(runs), _free_port(), False), nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.time() + 180
-    while logged() < 3 and time.time() < deadline and all(p.is_alive() for p in ctx.processes):
+    while steps_logged(cut) < 3 and time.time() < deadline and all(p.is_alive() for p in ctx.processes):
         time.sleep(0.02)
     for p in ctx.processes:  # both ranks die at once, as when a node is lost
         p.kill()
         p.join()
-    assert logged() == 3, f"the run was not killed between steps 3 and 4 (steps logged: {logged()})"
+    assert steps_logged(cut) == 3, f"the run was not killed between steps 3 and 4 (steps logged: {steps_logged(cut)})"
     assert load_train_state(cut / "checkpoint")["step"] == 2  # the last save was at the step-2 evaluation
 
     mp.start_processes(_fsdp_cut_worker, args=(2, str(runs), _free_port(), True), nprocs=2, join=True,

@@ -4,6 +4,7 @@ so the torch RNG and the augmentation generator must both be restored."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import sys
 import time
 
 import torch
+
+from runlogs import steps_logged, tensorboard_scalars
 
 from vitkit import cli
 from vitkit.checkpoint.io import load_train_state
@@ -35,13 +38,6 @@ def _records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _n_steps(out) -> int:
-    try:
-        return sum('"loss"' in line for line in (out / "metrics.jsonl").read_text().splitlines())
-    except FileNotFoundError:
-        return 0
-
-
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     threads = torch.get_num_threads()
@@ -56,11 +52,11 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(VITKIT_TEST_STEP_DELAY="0.25"))
     deadline = time.time() + 180
-    while _n_steps(cut) < 8 and time.time() < deadline and proc.poll() is None:
+    while steps_logged(cut) < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = _n_steps(cut)
+    killed_at = steps_logged(cut)
     assert 8 <= killed_at < 14, f"the run was not killed mid-way (steps logged: {killed_at})"
     # the checkpoint is behind the log: the steps logged after it must be redone (and their lines replaced)
     state_step = load_train_state(cut / "checkpoint")["step"]  # (or the .old one, if killed mid-write)
@@ -75,12 +71,10 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert losses_a == losses_b  # bitwise: exact float equality
     assert [x for x in a if "top1" in x] == [x for x in b if "top1" in x]
     assert len({loss for _, loss in losses_a}) > 10  # the curve is not trivially constant
-    try:  # TensorBoard (when installed) shows each step once: the killed run's steps after the checkpoint are purged
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:
+    if importlib.util.find_spec("tensorboard") is None:
         return
-    acc = EventAccumulator(str(cut / "tensorboard"), purge_orphaned_data=True).Reload()
-    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    # TensorBoard shows each step once: the killed run's steps after the checkpoint are purged
+    tb = tensorboard_scalars(cut, "train/loss")
     assert [s for s, _ in tb] == list(range(1, 15))
     assert all(abs(v - loss) <= 1e-6 * abs(loss) for (_, v), (_, loss) in zip(tb, losses_a))
 

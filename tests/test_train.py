@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import vitkit
+from runlogs import tensorboard_scalars
 from vitkit.errors import UserError
 from vitkit.train.loop import TrainSettings, to_channels, train
 from vitkit.train.optim import build_optimizer, lr_factor, no_decay_names, param_groups
@@ -84,21 +85,13 @@ def test_smoke_train_writes_checkpoints_and_metrics(tiny_run):
     assert evals[-1]["top1"] == pytest.approx(result["top1"])
 
 
-def _tensorboard_scalars(out, tag):
-    """(step, value) pairs TensorBoard would show for `tag` in out/tensorboard (purged events dropped)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(out / "tensorboard"), purge_orphaned_data=True).Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
 def test_tensorboard_logs_the_same_figures_as_metrics_jsonl(tiny_run):
     pytest.importorskip("tensorboard")
     out, _ = tiny_run
     rows = _steps(out)
     for tag, key in (("train/loss", "loss"), ("train/lr", "lr"), ("eval/top1", "top1")):
         want = [(r["step"], r[key]) for r in rows if key in r]
-        got = _tensorboard_scalars(out, tag)
+        got = tensorboard_scalars(out, tag)
         assert [s for s, _ in got] == [s for s, _ in want], tag
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)  # float32 in the event file
 
