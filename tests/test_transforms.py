@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 from vitkit.data.transforms import (BatchAugment, RandAugment, apply_op, autocontrast, cutmix, equalize, mixup,
-                                    random_flip, random_pad_crop, random_resized_crop, smooth_one_hot,
+                                    random_erase, random_flip, random_pad_crop, random_resized_crop, smooth_one_hot,
                                     soft_target_cross_entropy)
 
 
@@ -30,7 +30,7 @@ def from_pil(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im)).permute(2, 0, 1)
 
 
-FULL = dict(crop="pad", flip=True, randaugment=(2, 9), mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+FULL = dict(crop="pad", flip=True, randaugment=(2, 9), mixup=0.8, cutmix=1.0, label_smoothing=0.1, erase=0.25)
 
 
 @pytest.mark.parametrize("crop", ["pad", "rrc", "none"])
@@ -207,3 +207,25 @@ def test_randaugment_draws_ops_per_image():
     assert torch.equal(RandAugment(2, 9, ops=("Identity",))(x, gen(0)), x)
     with pytest.raises(ValueError, match="unknown RandAugment ops"):
         RandAugment(2, 9, ops=("Invert",))
+
+
+def test_random_erase_fills_one_box_with_noise_in_a_fraction_p_of_the_images():
+    x = torch.zeros(2000, 3, 28, 28, dtype=torch.uint8)
+    out = random_erase(x, gen(0), p=0.25)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    changed = out != 0  # noise is 0 with probability 1/256 only
+    erased = changed.flatten(1).any(1)
+    assert 0.22 < erased.float().mean() < 0.28  # 500 +- 19 expected
+    fracs = []
+    for img in changed[erased].any(1):  # (H, W) per erased image
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        box = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.9  # one solid rectangle, not scattered pixels
+        assert box.numel() == len(rows) * len(cols)  # contiguous rows and columns
+        fracs.append(box.numel() / img.numel())
+    fracs = torch.tensor(fracs)
+    assert fracs.min() >= 0.015 and fracs.max() <= 0.36  # area fraction drawn in [0.02, 1/3], rounded to pixels
+    assert 0.14 < fracs.mean() < 0.19  # U(0.02, 1/3) has mean 0.177; clipping oversized sides lowers it a little
+    assert 120 < out[changed].float().mean() < 135  # uniform bytes: mean 127.5
+    assert torch.equal(random_erase(x, gen(0), p=0.0), x)
+    assert (random_erase(x, gen(1), p=1.0) != 0).flatten(1).any(1).all()

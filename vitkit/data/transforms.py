@@ -8,7 +8,7 @@ torch.Generator passed in (the training loop checkpoints it), so a resumed run a
 one would.
 
 Pipeline (`BatchAugment.__call__`): crop (pad-and-crop for 28-32 px data, random-resized-crop for photos, or just
-resize) -> horizontal flip -> RandAugment -> mixup or cutmix. Images stay uint8 throughout; targets come back as
+resize) -> horizontal flip -> RandAugment -> random erasing -> mixup or cutmix. Images stay uint8 throughout; targets come back as
 soft float (B, K) rows that sum to 1 (label smoothing and mixing both live in the targets).
 
 RandAugment is implemented here rather than taken from kornia: see `RandAugment` for the op set and why.
@@ -34,6 +34,7 @@ class BatchAugment:
     crop: "pad" zero-pads by image_size/8 (4 px at 32) and crops back at a random offset, the CIFAR recipe;
     "rrc" is Inception-style random-resized-crop (area 8-100 %, aspect 3/4-4/3), for photos; "none" only resizes.
     flip: random horizontal flips (keep False for digits). randaugment: (num_ops, magnitude 0-10), e.g. (2, 9).
+    erase: probability of random erasing per image (Zhong et al. 2017; DeiT uses 0.25): one box of random noise.
     mixup / cutmix: Beta(alpha, alpha) strengths; with both > 0 each batch uses one of the two at random.
     label_smoothing: eps spread uniformly over the K classes (the true class keeps 1 - eps + eps/K).
     seed: seeds the internal generator used when __call__ is given none.
@@ -42,23 +43,25 @@ class BatchAugment:
     def __init__(self, image_size: int, num_classes: int, crop: str = "pad", flip: bool = True,
                  randaugment: Optional[tuple[int, int]] = None, mixup: float = 0.0, cutmix: float = 0.0,
                  label_smoothing: float = 0.0, seed: int = 0, pad: Optional[int] = None,
-                 rrc_scale: tuple[float, float] = (0.08, 1.0)):
+                 rrc_scale: tuple[float, float] = (0.08, 1.0), erase: float = 0.0):
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if mixup < 0 or cutmix < 0:
             raise ValueError(f"mixup and cutmix must be >= 0, got {mixup}, {cutmix}")
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"random erasing probability (--random-erase) must be in [0, 1], got {erase}")
         self.image_size, self.num_classes, self.crop, self.flip = image_size, num_classes, crop, flip
         self.pad = max(1, round(image_size / 8)) if pad is None else pad
         self.rrc_scale = rrc_scale
         self.randaugment = RandAugment(*randaugment) if randaugment else None
-        self.mixup, self.cutmix, self.label_smoothing = mixup, cutmix, label_smoothing
+        self.mixup, self.cutmix, self.label_smoothing, self.erase = mixup, cutmix, label_smoothing, erase
         self.generator = torch.Generator().manual_seed(seed)
 
     def __repr__(self) -> str:
         return (f"BatchAugment(image_size={self.image_size}, crop={self.crop!r}, flip={self.flip}, "
-                f"randaugment={self.randaugment}, mixup={self.mixup}, cutmix={self.cutmix}, "
+                f"randaugment={self.randaugment}, erase={self.erase}, mixup={self.mixup}, cutmix={self.cutmix}, "
                 f"label_smoothing={self.label_smoothing})")
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: Optional[torch.Generator] = None
@@ -76,6 +79,8 @@ class BatchAugment:
             x = random_flip(x, g)
         if self.randaugment is not None:
             x = self.randaugment(x, g)
+        if self.erase > 0:
+            x = random_erase(x, g, self.erase)
         targets = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         use_mixup, use_cutmix = self.mixup > 0, self.cutmix > 0
         if use_mixup and use_cutmix:  # one draw per batch decides which
@@ -151,6 +156,30 @@ def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Te
     """Mirror each image left-right with probability p."""
     flip = torch.rand(len(x), generator=g) < p
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_erase(x: torch.Tensor, g: torch.Generator, p: float = 0.25, scale=(0.02, 1 / 3),
+                 ratio=(0.3, 1 / 0.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017, arXiv 1708.04896), as timm's RandomErasing in "pixel" mode does it.
+
+    With probability p per image, one box of area fraction U(scale) and aspect h/w log-uniform in `ratio` is
+    filled with uniform random bytes (independent per pixel and channel). timm redraws a box that does not fit up
+    to 10 times; batched, an oversized side is clipped to the image instead, so a few boxes come out smaller.
+    """
+    b, c, h, w = x.shape
+    area = torch.empty(b).uniform_(*scale, generator=g) * (h * w)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    bh = (area * log_r.exp()).sqrt().round().clamp_(1, h).long()
+    bw = (area / log_r.exp()).sqrt().round().clamp_(1, w).long()
+    y0 = (torch.rand(b, generator=g) * (h - bh + 1)).long()
+    x0 = (torch.rand(b, generator=g) * (w - bw + 1)).long()
+    on = torch.rand(b, generator=g) < p
+    noise = torch.randint(0, 256, x.shape, generator=g, dtype=torch.uint8)
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + bh)[:, None])  # (B, H)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + bw)[:, None])  # (B, W)
+    box = (in_rows[:, :, None] & in_cols[:, None, :] & on[:, None, None])[:, None]  # (B, 1, H, W)
+    return torch.where(box, noise, x)
 
 
 def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0.08, 1.0),

@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup", type=float, default=S, help="mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=S, help="cutmix alpha (0: off)")
     g.add_argument("--randaugment", type=_pair, default=S, metavar="N,M", help="RandAugment ops and magnitude")
+    g.add_argument("--random-erase", type=float, default=S, metavar="P",
+                   help="erase one random box with noise in a fraction P of the images (0: off)")
     g.add_argument("--crop", choices=["pad", "rrc", "none"], default=S,
                    help="random crop: pad-and-crop (small images), random-resized-crop (photos) or none")
     g.add_argument("--crop-pad", type=int, default=S, help="padding for --crop pad (default: image size / 8)")
