@@ -151,6 +151,21 @@ def test_gelu_flag_sets_a_fresh_model_and_is_refused_with_init(tiny_run, tmp_pat
         train(TrainSettings(**TINY, steps=1, gelu="relu", out=str(tmp_path / "bad")))
 
 
+def test_hybrid_trains_from_scratch(tmp_path):
+    """The paper's hybrid (section 3.1; ResNet stem, here root block only) is a --model like any other."""
+    r = train(TrainSettings(**{**TINY, "model": "R+ViT-Mini/8"}, steps=2, out=str(tmp_path / "h")))
+    model = vitkit.load(r["checkpoint"])  # 28 px data, 8 px per token: the variant's own 32 px
+    assert model.cfg.resnet == {"layers": [], "width": 1} and model.cfg.image_size == 32 and r["steps"] == 2
+    assert model.cfg.patch_size == 2 and model.cfg.grid_size == 4 and model.cfg.name == "R+ViT-Mini/8"
+    assert model.preprocess.image_size == 32 and model.cfg.in_chans == 1  # embedded Fashion-MNIST, resized
+    losses = [row["loss"] for row in _steps(tmp_path / "h") if "loss" in row]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    with pytest.raises(UserError, match="not divisible by the patch size 32"):
+        train(TrainSettings(**{**TINY, "model": "R+ViT-Ti/16"}, steps=1, image_size=48, out=str(tmp_path / "b")))
+    with pytest.raises(UserError, match="unknown hybrid variant 'R9\\+ViT-Ti/16'"):
+        train(TrainSettings(**{**TINY, "model": "R9+ViT-Ti/16"}, steps=1, out=str(tmp_path / "c")))
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path):
     base = dict(TINY, steps=3, crop="none", flip=False, eval_every=100)
     train(TrainSettings(**base, out=str(tmp_path / "a")))

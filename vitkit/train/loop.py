@@ -130,9 +130,18 @@ def native_size(ds) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------------- model
 
 
+def default_config(name: str):
+    """The ViTConfig of variant `name` (plain or hybrid) at its default image size; a UserError lists valid names."""
+    from ..config import variant_config
+
+    try:
+        return variant_config(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: Optional[int]):
     """(model, preprocess): a fresh variant, or the --init checkpoint adapted to the data (section 3.2)."""
-    from ..config import DEFAULT_IMAGE_SIZE, parse_variant
     from ..data.preprocess import Preprocess
     from ..model import ViT, create_model
 
@@ -151,11 +160,8 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
             model = ViT(model.cfg.replace(dropout=s.dropout))
             model.load_state_dict(state)
         return model, pre
-    try:
-        size, patch = parse_variant(s.model)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    image_size = s.image_size or (native if native and native % patch == 0 else DEFAULT_IMAGE_SIZE[patch])
+    base = default_config(s.model)
+    image_size = s.image_size or (native if native and native % base.stem_stride == 0 else base.image_size)
     try:
         model = create_model(s.model, num_classes=num_classes, image_size=image_size, in_chans=data_channels,
                              classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout,
@@ -290,9 +296,7 @@ def train(s: TrainSettings) -> dict:
         fold_size = s.image_size or (init_model.cfg.image_size if init_model is not None else None)
         fold_chans = init_model.cfg.in_chans if init_model is not None else 3
         if s.dataset.lower().startswith("imagefolder:") and fold_size is None:
-            from ..config import DEFAULT_IMAGE_SIZE, parse_variant
-
-            fold_size = DEFAULT_IMAGE_SIZE[parse_variant(s.model)[1]]
+            fold_size = default_config(s.model).image_size
         train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=fold_size, channels=fold_chans)
         test_ds = load_dataset(s.dataset, "test", data_dir=s.data_dir, image_size=fold_size, channels=fold_chans)
         class_names = list(train_ds.class_names)
@@ -356,6 +360,7 @@ def train(s: TrainSettings) -> dict:
         aug = BatchAugment(cfg.image_size, len(class_names), crop=s.crop,
                            flip=s.flip and getattr(train_ds, "flip_ok", True), randaugment=s.randaugment,
                            mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
+                           erase=s.random_erase,
                            pad=s.crop_pad)
         step, best_top1, best_step = 0, -1.0, None
         if ts is not None:
