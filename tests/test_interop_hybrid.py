@@ -27,6 +27,8 @@ def test_variants_parse():
     assert variant_config("R26+ViT-B/32").grid_size == 7
     assert variant_config("R50+ViT-L/32").resnet["layers"] == [3, 4, 6, 3]
     assert variant_config("R+ViT-Ti/16").patch_size == 8 and variant_config("R+ViT-Ti/16").grid_size == 7
+    small = variant_config("r+vit-mini_8")  # vitkit's small-image hybrid: 8 px per token at its own 32 px
+    assert (small.image_size, small.patch_size, small.stem_stride, small.grid_size) == (32, 2, 8, 4)
     with pytest.raises(ValueError, match="R50\\+ViT-B/16"):
         variant_config("R101+ViT-B/16")
 
