@@ -136,8 +136,9 @@ def main(argv=None) -> int:
 
     keep_freed_memory()  # as `vitkit train` does (vitkit/perf.py)
     load_before = os.getloadavg()
-    s = TrainSettings(dataset="fashion-mnist", model=args.model, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+    s = TrainSettings(dataset="fashion-mnist", model=args.model, image_size=args.image_size, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                      weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, crop=args.crop, flip=args.flip, gelu=args.gelu,
                       precision=args.precision, compile=args.compile, data_dir=args.data_dir, out=args.out,
                       seed=args.seed, eval_every=args.eval_every or 10**9, save_every=10**9, progress=args.progress)
@@ -153,9 +154,9 @@ def main(argv=None) -> int:
         r.update(top1_tta_flip=rt["top1"], wall_with_tta_s=round(time.perf_counter() - T0, 1))
     r.update(wall_s=round(wall, 1), load_before=[round(x, 2) for x in load_before],
              load_after=[round(x, 2) for x in os.getloadavg()], cpus=os.cpu_count(),
-             settings={k: v for k, v in s.to_dict().items() if k in ("model", "image_size", "epochs", "batch_size", "lr",
-                                                                    "label_smoothing", "crop", "flip", "precision",
-                                                                    "compile", "gelu", "seed")})
+             settings={k: v for k, v in s.to_dict().items() if k in ("model", "image_size", "epochs", "batch_size",
+                                                                    "lr", "label_smoothing", "crop", "flip",
+                                                                    "precision", "compile", "gelu", "seed")})
     r.pop("per_class", None)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank gets the result; rank 0 reports it
         return 0

@@ -8,8 +8,8 @@ torch.Generator passed in (the training loop checkpoints it), so a resumed run a
 one would.
 
 Pipeline (`BatchAugment.__call__`): crop (pad-and-crop for 28-32 px data, random-resized-crop for photos, or just
-resize) -> horizontal flip -> RandAugment -> random erasing -> mixup or cutmix. Images stay uint8 throughout; targets come back as
-soft float (B, K) rows that sum to 1 (label smoothing and mixing both live in the targets).
+resize) -> horizontal flip -> RandAugment -> random erasing -> mixup or cutmix. Images stay uint8 throughout;
+targets come back as soft float (B, K) rows that sum to 1 (label smoothing and mixing both live in the targets).
 
 RandAugment is implemented here rather than taken from kornia: see `RandAugment` for the op set and why.
 """

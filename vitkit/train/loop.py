@@ -360,8 +360,7 @@ def train(s: TrainSettings) -> dict:
         aug = BatchAugment(cfg.image_size, len(class_names), crop=s.crop,
                            flip=s.flip and getattr(train_ds, "flip_ok", True), randaugment=s.randaugment,
                            mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
-                           erase=s.random_erase,
-                           pad=s.crop_pad)
+                           erase=s.random_erase, pad=s.crop_pad)
         step, best_top1, best_step = 0, -1.0, None
         if ts is not None:
             D.load_optimizer_state(model, optimizer, ts["optimizer"])
