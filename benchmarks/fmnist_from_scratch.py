@@ -24,6 +24,7 @@ Measured (2026-11-24, 2 idle cores, AMD EPYC Zen 4, torch 2.13 CPU), fourth sess
 
     model          epochs  plain top-1  flip TTA  wall    img/s  data wait
     R+ViT-Mini/8   13      91.71 %      92.17 %   497 s   1,584  0.7 %     (the default: >= 90 % in 10 min, PASS)
+    R+ViT-Mini/8   13      91.84 %      92.19 %   523 s   1,504  0.7 %     (--seed 1; other work at its start)
     R+ViT-Mini/8   7       90.78 %      91.44 %   270 s   1,584  0.8 %     (>= 90 % in 5 min, PASS)
     R+ViT-Mini/8   7       90.86 %      91.50 %   271 s   1,578  0.7 %     (--seed 1; load average 1.6 before)
 
