@@ -215,3 +215,28 @@ def test_to_channels():
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+"):
         train(TrainSettings(**dict(TINY, warmup_steps=0), steps=8, lr=1e30, out=str(tmp_path)))
+
+
+def test_fmnist_benchmark_script_runs_end_to_end(tmp_path, capsys):
+    """benchmarks/fmnist_from_scratch.py, the documented time-to-accuracy command, on a few steps of the real data."""
+    import importlib.util
+    from pathlib import Path
+
+    from test_data import FMNIST
+
+    if not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fmnist_from_scratch.py"
+    spec = importlib.util.spec_from_file_location("fmnist_from_scratch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "result.json"
+    assert bench.main(["--epochs", "0.01", "--out", str(tmp_path / "run"), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == "R+ViT-Mini/8" and r["settings"]["image_size"] is None and r["n"] == 10000
+    assert r["steps"] == 3  # 0.01 epoch x 234.4 steps per epoch, rounded up
+    assert 0.0 <= r["top1"] < 0.9 and 0.0 <= r["top1_tta_flip"] <= 1.0
+    assert vitkit.load(r["checkpoint"]).cfg.image_size == 32  # the hybrid's own size for 28 px data
+    text = capsys.readouterr().out
+    assert "MISS: >= 90% within 10 minutes" in text and "MISS: >= 90% within 5 minutes" in text
+    assert f"test top-1       {100 * r['top1']:.2f}%" in text
