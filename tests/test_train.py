@@ -11,6 +11,7 @@ import torch
 
 import vitkit
 from runlogs import tensorboard_scalars
+from test_data import needs_fmnist
 from vitkit.errors import UserError
 from vitkit.train.loop import TrainSettings, to_channels, train
 from vitkit.train.optim import build_optimizer, lr_factor, no_decay_names, param_groups
@@ -217,15 +218,12 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
         train(TrainSettings(**dict(TINY, warmup_steps=0), steps=8, lr=1e30, out=str(tmp_path)))
 
 
+@needs_fmnist
 def test_fmnist_benchmark_script_runs_end_to_end(tmp_path, capsys):
     """benchmarks/fmnist_from_scratch.py, the documented time-to-accuracy command, on a few steps of the real data."""
     import importlib.util
     from pathlib import Path
 
-    from test_data import FMNIST
-
-    if not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "fmnist_from_scratch.py"
     spec = importlib.util.spec_from_file_location("fmnist_from_scratch", path)
     bench = importlib.util.module_from_spec(spec)
