@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .imagefolder import ImageFolderDataset  # photos, decoded lazily: its own module, part of this API
 
-DATASET_NAMES = ["embedded", "fashion-mnist", "mnist", "cifar10", "cifar100"]  # plus "imagefolder:PATH"
+DATASET_NAMES = ["embedded", "fashion-mnist", "mnist", "cifar10", "cifar100", "tiny-imagenet"]  # plus "imagefolder:PATH"
 EMBEDDED_FILE = Path(__file__).with_name("embedded") / "fashion_mnist_32k.npz"
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -184,11 +184,16 @@ def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Opt
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
     name = spec.lower().replace("_", "-")
     name = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
-            "cifar-100": "cifar100"}.get(name, name)
+            "cifar-100": "cifar100", "tinyimagenet": "tiny-imagenet", "tiny-imagenet-200": "tiny-imagenet"
+            }.get(name, name)
     if download is None:
         download = os.environ.get("VITKIT_NO_DOWNLOAD", "") not in ("1", "true", "yes")
     if name == "embedded":
         return load_embedded(split)
+    if name == "tiny-imagenet":  # 64 px photos, decoded once and cached as uint8 (tinyimagenet.py)
+        from .tinyimagenet import load_tiny_imagenet
+
+        return load_tiny_imagenet(split, data_dir, download=download)
     if name in _IDX:
         images, labels = read_idx_split(name, split, data_dir, download=download)
         classes = MNIST_CLASSES if name == "mnist" else FMNIST_CLASSES
