@@ -1,0 +1,79 @@
+"""Build the small transfer sets of docs/transfer.md as image folders (train/<class>/*, test/<class>/*).
+
+    python scripts/make_transfer_sets.py OUT [--data ../shared/data] [--per-class 100]
+
+OUT/cifar10-1k       CIFAR-10 (JPEG copy in DATA/cifar10-jpeg): the first N train images per class, all 10,000 test
+OUT/mnist-1k         MNIST (official IDX files in DATA/mnist): the first N train images per class as PNG, all test
+OUT/fashion-mnist-1k Fashion-MNIST (official files, Debian's dataset-fashion-mnist): the same
+hymenoptera and the full cifar10-jpeg folder are used as they are. "First N" is in file/IDX order, so the sets are
+the same on every machine. Files are copied (JPEG) or written (PNG) once; an existing OUT/<set> is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitkit.data.datasets import load_dataset
+
+
+def cifar(src: Path, dst: Path, per_class: int) -> None:
+    for split in ("train", "test"):
+        for cdir in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            files = sorted(cdir.iterdir())
+            if split == "train":
+                files = files[:per_class]
+            (dst / split / cdir.name).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copyfile(f, dst / split / cdir.name / f.name)
+
+
+def idx(name: str, data_dir, dst: Path, per_class: int) -> None:
+    for split in ("train", "test"):
+        ds = load_dataset(name, split, data_dir=data_dir)
+        labels = ds.labels.numpy()
+        keep = np.arange(len(labels))
+        if split == "train":
+            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(ds.num_classes)])
+            keep.sort()
+        for i in keep:
+            cname = ds.class_names[labels[i]].replace("/", "-")
+            d = dst / split / cname
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ds.images[i, 0].numpy(), "L").save(d / f"{i:05d}.png")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--per-class", type=int, default=100)
+    a = p.parse_args()
+    if a.per_class < 1:
+        print("make_transfer_sets: error: --per-class must be >= 1", file=sys.stderr)
+        return 2
+    n = a.per_class * 10
+    jobs = {f"cifar10-{n // 1000}k" if n % 1000 == 0 else f"cifar10-{n}": lambda d: cifar(a.data / "cifar10-jpeg", d, a.per_class),
+            f"mnist-{n // 1000}k" if n % 1000 == 0 else f"mnist-{n}": lambda d: idx("mnist", a.data / "mnist", d, a.per_class),
+            f"fashion-mnist-{n // 1000}k" if n % 1000 == 0 else f"fashion-mnist-{n}":
+                lambda d: idx("fashion-mnist", None, d, a.per_class)}
+    for name, job in jobs.items():
+        dst = a.out / name
+        if dst.exists():
+            print(f"{dst}: exists, left alone")
+            continue
+        tmp = a.out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        job(tmp)
+        tmp.rename(dst)
+        print(f"{dst}: written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

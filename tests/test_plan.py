@@ -1,0 +1,63 @@
+"""The small-data plan: which settings `vitkit train` chooses for an image folder, from facts about its images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from vitkit.data.imagefolder import ImageFolderDataset
+from vitkit.train.plan import MIN_STEPS, SCRATCH_MODEL, DataFacts, facts_of, plan
+
+
+def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new(mode, (side + i, side), 100 + 10 * i if mode == "L" else (100, 10 * i, 3)).save(d / f"{i}.png")
+    return root
+
+
+def test_facts_from_headers(tmp_path):
+    photos = ImageFolderDataset(_folder(tmp_path / "p", "RGB", 300), "train", image_size=32, channels=3)
+    f = facts_of(photos)
+    assert f == DataFacts(n_train=12, num_classes=2, grey=False, median_side=300, folder=True)
+    chars = ImageFolderDataset(_folder(tmp_path / "c", "L", 28), "train", image_size=32, channels=3)
+    assert facts_of(chars).grey and facts_of(chars).median_side == 28
+
+
+def test_photos_from_scratch():
+    facts = DataFacts(n_train=240, num_classes=10, grey=False, median_side=375, folder=True)
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
+    assert changes == {"image_size": 64, "model": SCRATCH_MODEL, "batch_size": 16, "steps": MIN_STEPS,
+                       "crop": "pad"}
+    assert len(why) == len(changes)
+    assert "flip" not in changes  # colour photos keep the recipe's flips
+
+
+def test_characters_small_images_no_flips():
+    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28, folder=True)
+    changes, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
+    assert changes["image_size"] == 32 and changes["flip"] is False and changes["steps"] == MIN_STEPS
+    assert changes["batch_size"] == 64  # 1000 // 8 = 125 -> the power of two below
+
+
+def test_given_flags_win_and_named_datasets_keep_their_recipe():
+    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28, folder=True)
+    given = {"image_size", "model", "batch_size", "epochs", "flip", "crop"}
+    assert plan(given, recipe_batch=128, recipe_epochs=5, facts=facts) == ({}, [])
+    named = DataFacts(n_train=30000, num_classes=10, grey=True, median_side=None, folder=False)
+    assert plan(set(), recipe_batch=128, recipe_epochs=5, facts=named) == ({}, [])
+
+
+def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
+    facts = DataFacts(n_train=5000, num_classes=10, grey=False, median_side=32, folder=True)
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, init_image_size=64,
+                        fine_tuning=True)
+    assert changes["image_size"] == 64 and "model" not in changes and "batch_size" not in changes
+    assert changes["steps"] == MIN_STEPS  # 10 epochs of 5000 images at batch 128 are 390 steps
+    big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32, folder=True)
+    changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, init_image_size=64, fine_tuning=True)
+    assert "steps" not in changes  # 1560 steps: the recipe's epochs are enough

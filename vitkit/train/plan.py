@@ -1,0 +1,100 @@
+"""Settings that fit the data: what `vitkit train` chooses for a user's image folder when a flag is not given.
+
+A recipe's fixed number of epochs and the default model's 28 px input suit Fashion-MNIST, not a folder of 300
+photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of a photo away. So for
+`imagefolder:` datasets the settings the user did not give are chosen from facts about the images:
+
+* resolution: from scratch, 32 px for small images (characters, icons, CIFAR-like; median side <= 48 px) and
+  64 px for photos; fine-tuning, the checkpoint's own resolution (its position embeddings were learned there;
+  `--image-size` picks another, interpolated as in section 3.2);
+* model, from scratch: the paper's hybrid with vitkit's small root block (`R+ViT-Mini/8`): its convolutional
+  stem is the inductive bias that small data needs (section 4.3);
+* length: enough optimizer steps whatever the dataset size (`MIN_STEPS`), as a number of steps rather than
+  epochs, and a batch no larger than an eighth of the training set so that an epoch is several steps;
+* augmentation: horizontal flips only for colour photos (a mirrored character is another character, or none),
+  pad-and-crop shifts for everything.
+
+`plan()` is a pure function of the given settings and the facts, and returns the changes with one reason each;
+`vitkit train` prints them in its first line. docs/transfer.md has the measurements behind the numbers here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+MIN_STEPS = 600  # optimizer steps for a small dataset, from scratch or fine-tuning
+MAX_BATCH = 128
+SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
+SCRATCH_MODEL = "R+ViT-Mini/8"
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the plan looks at: counts, colour, and the median image side of (a sample of) the training images."""
+
+    n_train: int
+    num_classes: int
+    grey: bool  # every sampled image is greyscale (or the dataset has one channel)
+    median_side: Optional[int]  # None: unknown (array datasets come at their native size)
+    folder: bool  # a user's image folder (plans apply there; named datasets keep their recipes)
+
+
+def facts_of(ds, sample: int = 200, seed: int = 0) -> DataFacts:
+    """Facts about a dataset; for image folders, from the headers of up to `sample` images (no decoding)."""
+    from PIL import Image
+
+    paths = list(getattr(ds, "paths", []))
+    n = len(ds.labels)
+    if not paths:
+        return DataFacts(n, len(ds.class_names), ds.channels == 1, None, folder=False)
+    picked = random.Random(seed).sample(paths, min(sample, len(paths)))
+    sides, grey = [], True
+    for p in picked:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+                grey &= im.mode in ("1", "L", "LA", "I", "I;16", "F")
+        except (OSError, ValueError):
+            continue
+    sides.sort()
+    return DataFacts(n, len(ds.class_names), grey, sides[len(sides) // 2] if sides else None, folder=True)
+
+
+def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts,
+         init_image_size: Optional[int] = None, fine_tuning: bool = False) -> tuple[dict, list[str]]:
+    """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
+    user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults."""
+    if not facts.folder:
+        return {}, []
+    changes, why = {}, []
+    if "image_size" not in given:
+        if init_image_size:
+            changes["image_size"] = init_image_size
+            why.append(f"{init_image_size} px, the checkpoint's resolution")
+        elif facts.median_side is not None:
+            size = 32 if facts.median_side <= SMALL_SIDE else 64
+            changes["image_size"] = size
+            why.append(f"{size} px (median image side {facts.median_side} px)")
+    if "model" not in given and not fine_tuning:
+        changes["model"] = SCRATCH_MODEL
+        why.append(f"{SCRATCH_MODEL} (a convolutional stem for small data)")
+    batch = recipe_batch
+    if "batch_size" not in given:
+        batch = max(8, min(MAX_BATCH, 2 ** int(math.log2(max(facts.n_train // 8, 1)))))
+        if batch != recipe_batch:
+            changes["batch_size"] = batch
+            why.append(f"batch {batch} (an eighth of the {facts.n_train} images or less)")
+    if not given & {"steps", "epochs"}:
+        if math.ceil(recipe_epochs * (facts.n_train // batch)) < MIN_STEPS:
+            changes["steps"] = MIN_STEPS
+            why.append(f"{MIN_STEPS} steps ({MIN_STEPS * batch / facts.n_train:.0f} epochs)")
+    if facts.grey and "flip" not in given:
+        changes["flip"] = False
+        why.append("no flips (greyscale images: characters?)")
+    if "crop" not in given:
+        changes["crop"] = "pad"
+        why.append("pad-and-crop shifts")
+    return changes, why
