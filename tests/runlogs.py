@@ -1,8 +1,21 @@
-"""Reading a run directory's logs in tests: metrics.jsonl step count and TensorBoard scalars."""
+"""Reading a run directory's logs in tests (metrics.jsonl step count, TensorBoard scalars), and a paced
+`vitkit train` for tests that kill a run mid-way."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+# `vitkit train ARGS` that sleeps SECONDS after each step (train()'s on_step), so that a kill lands mid-run
+_PACED = ("import sys, time; from vitkit.cli import build_parser; from vitkit.train.cli import settings_from_args; "
+          "from vitkit.train.loop import train; "
+          "train(settings_from_args(build_parser('train').parse_args(['train', *sys.argv[2:]])), "
+          "on_step=lambda record: time.sleep(float(sys.argv[1])))")
+
+
+def paced_train(seconds: float, *args) -> list:
+    """The command line of a `vitkit train *args` that sleeps `seconds` after every step."""
+    return [sys.executable, "-c", _PACED, str(seconds), *map(str, args)]
 
 
 def steps_logged(out: Path) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -85,15 +86,13 @@ def test_fsdp_two_ranks_match_one_rank(runs):
 def _fsdp_cut_worker(rank: int, world: int, root: str, port: int, resume: bool) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      VITKIT_TEST_STEP_DELAY="0" if resume else "1")  # slow, so that the kill lands mid-run
-    train(TrainSettings(**TINY, **RUNS["fsdp"], out=os.path.join(root, "fsdp_cut"), resume=resume))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    pace = None if resume else (lambda record: time.sleep(1))  # slow, so that the kill lands mid-run
+    train(TrainSettings(**TINY, **RUNS["fsdp"], out=os.path.join(root, "fsdp_cut"), resume=resume), on_step=pace)
 
 
 def test_fsdp_killed_mid_run_and_resumed_matches_the_uninterrupted_run(runs):
     """FSDP resume: the optimizer state was gathered from the shards into the checkpoint and is sharded again."""
-    import time
-
     from vitkit.checkpoint.io import load_train_state
 
     cut = runs / "fsdp_cut"

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from runlogs import steps_logged, tensorboard_scalars
+from runlogs import paced_train, steps_logged, tensorboard_scalars
 
 from vitkit import cli
 from vitkit.checkpoint.io import load_train_state
@@ -47,10 +47,10 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    # Slow the run down (test hook: sleep after each step) so that it is surely killed mid-way, between checkpoints.
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "train", *ARGS, "--out", str(cut)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(VITKIT_TEST_STEP_DELAY="0.25"))
+    # Slow the run down (a sleep after each step, through train()'s on_step) so that it is surely killed mid-way,
+    # between checkpoints.
+    proc = subprocess.Popen(paced_train(0.25, *ARGS, "--out", cut), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 180
     while steps_logged(cut) < 8 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

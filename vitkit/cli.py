@@ -34,11 +34,18 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a UserError: one line `vitkit: error: argument --batch-size: ...`, exit 2."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitkit", description="The Vision Transformer (arXiv 2010.11929), "
+    parser = _Parser(prog="vitkit", description="The Vision Transformer (arXiv 2010.11929), "
                                      "trained, evaluated, converted and analysed.")
     parser.add_argument("--version", action="version", version=f"vitkit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, module) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -29,51 +29,71 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..flags import Number, check, device, flag, option, resumable
 from . import distributed as D
 from .optim import build_optimizer, build_scheduler
-from .recipes import Recipe
+from .recipes import LONG, WHAT, Recipe
 
-CHECKPOINT, BEST, METRICS = "checkpoint", "best", "metrics.jsonl"
+CHECKPOINT, BEST, METRICS, TENSORBOARD = "checkpoint", "best", "metrics.jsonl", "tensorboard"
 GELU = {"tanh": "tanh", "erf": "none"}  # --gelu -> ViTConfig.gelu_approximate (torch's `approximate` argument)
+EXEC, OUT = "execution", "output"
 
 
 @dataclass
 class TrainSettings(Recipe):
-    """A recipe plus the run's own settings. Field names are the `vitkit train` flags."""
+    """A recipe plus the run's own settings. Field names are the `vitkit train` flags (vitkit/flags.py); the
+    `resumable` ones may differ from the saved settings when a run is resumed, every other one must match."""
 
-    out: Optional[str] = None  # None: runs/<dataset>
-    init: Optional[str] = None  # a checkpoint to fine-tune from (any format vitkit.load reads)
-    resume: bool = False
-    data_dir: Optional[str] = None
-    seed: int = 0
-    workers: int = 0
-    micro_batch: Optional[int] = None
-    accum_steps: Optional[int] = None
-    eval_every: Optional[int] = None  # steps; None: at the end of every epoch
-    save_every: Optional[int] = None  # steps; None: whenever it evaluates
-    eval_batch_size: int = 256
-    compile: bool = False
-    grad_checkpointing: bool = False
-    # "auto": explicit softmax attention on CPU, PyTorch SDPA elsewhere (ViT.set_fused_attn). Measured on 2 CPU cores,
-    # bf16 training step: explicit is 1.5-1.6x faster than SDPA at 17, 65 and 257 tokens (SDPA's CPU flash
-    # backward is the slow part); outputs agree within 1e-5 (tests/test_model.py). Loaded models use "auto" too.
-    attention: str = "auto"
-    fsdp: bool = False
-    device: str = "auto"
-    progress: bool = True
-    limit_train: Optional[int] = None  # use only the first N training / test examples (smoke tests)
-    limit_test: Optional[int] = None
+    init: Optional[str] = flag(None, "fine-tune from this checkpoint (any format vitkit reads)", metavar="CKPT",
+                               group=WHAT)
+    data_dir: Optional[str] = flag(None, "where the dataset files are", metavar="DIR", group=WHAT, resumable=True)
+    micro_batch: Optional[int] = flag(None, "examples per forward pass (gradient accumulation)",
+                                      type=Number(int, min=1), group=LONG, resumable=True)
+    accum_steps: Optional[int] = flag(None, "micro-batches per optimizer step", type=Number(int, min=1), group=LONG,
+                                      resumable=True)
+    limit_train: Optional[int] = flag(None, "use only the first N training examples", type=Number(int, min=1),
+                                      metavar="N", group=LONG)
+    limit_test: Optional[int] = flag(None, "evaluate on the first N test examples only", type=Number(int, min=1),
+                                     metavar="N", group=LONG)
+    seed: int = flag(0, "seed of the initialisation, the data order and the augmentation", type=Number(int, min=0),
+                     group=EXEC)
+    workers: int = flag(0, "data-loading processes (image folders)", type=Number(int, min=0), group=EXEC,
+                        resumable=True)
+    compile: bool = flag(False, "torch.compile the model", group=EXEC, resumable=True)
+    grad_checkpointing: bool = flag(False, "recompute each block in the backward pass (less memory)", group=EXEC,
+                                    resumable=True)
+    # "auto": explicit softmax attention on CPU (faster there for training, see benchmarks/README.md), PyTorch SDPA
+    # elsewhere (ViT.set_fused_attn); outputs agree within 1e-5 (tests/test_model.py). Loaded models use "auto" too.
+    attention: str = flag("auto", "attention kernel: auto (explicit softmax on CPU, SDPA on GPU), sdpa or explicit",
+                          choices=("auto", "sdpa", "explicit"), group=EXEC, resumable=True)
+    fsdp: bool = flag(False, "FSDP2 (fully_shard) instead of DDP", group=EXEC)
+    device: str = flag("auto", "auto (CUDA if available), cpu, cuda, cuda:N", type=device, metavar="DEVICE",
+                       group=EXEC, resumable=True)
+    out: Optional[str] = flag(None, "run directory (default: runs/<dataset>)", metavar="DIR", group=OUT,
+                              resumable=True)
+    resume: bool = flag(False, "continue the run in --out exactly", negatable=False, group=OUT, resumable=True)
+    overwrite: bool = flag(False, "replace the run in --out (its checkpoints, metrics and TensorBoard logs)",
+                           negatable=False, group=OUT, resumable=True)
+    eval_every: Optional[int] = flag(None, "evaluate every N steps (default: every epoch)", type=Number(int, min=1),
+                                     metavar="N", group=OUT, resumable=True)
+    save_every: Optional[int] = flag(None, "checkpoint every N steps (default: at each evaluation)",
+                                     type=Number(int, min=1), metavar="N", group=OUT, resumable=True)
+    eval_batch_size: int = flag(256, "examples per forward pass when evaluating", type=Number(int, min=1),
+                                group=OUT, resumable=True)
+    progress: bool = flag(True, "a progress bar on a terminal, else a line per evaluation", group=OUT,
+                          resumable=True)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -87,6 +107,10 @@ class TrainSettings(Recipe):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+    def run_dir(self) -> Path:
+        """--out, or runs/<dataset> with ':' and '/' made '_' (imagefolder:/data/x -> runs/imagefolder__data_x)."""
+        return Path(self.out) if self.out else Path("runs") / self.dataset.replace(":", "_").replace("/", "_")
 
 
 class TrainingDiverged(UserError):
@@ -140,20 +164,18 @@ def default_config(name: str):
         raise UserError(str(e)) from None
 
 
-def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: Optional[int]):
-    """(model, preprocess): a fresh variant, or the --init checkpoint adapted to the data (section 3.2)."""
+def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: Optional[int], init_model=None):
+    """(model, preprocess): a fresh variant, or the --init checkpoint (`init_model`, as loaded) adapted to the data
+    (section 3.2)."""
     from ..data.preprocess import Preprocess
     from ..model import ViT, create_model
 
-    if s.gelu is not None and s.gelu not in GELU:
-        raise UserError(f"unknown --gelu {s.gelu!r}; valid: {', '.join(GELU)}")
-    if s.init:
-        from ..checkpoint.io import load
+    if init_model is not None:
         from ..checkpoint.surgery import adapt_model
 
         if s.classifier or s.pos_embed or s.gelu:
             raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
-        model = adapt_model(load(s.init), num_classes=num_classes, image_size=s.image_size)
+        model = adapt_model(init_model, num_classes=num_classes, image_size=s.image_size)
         pre = model.preprocess  # resized with the model
         if s.dropout and s.dropout != model.cfg.dropout:
             state = model.state_dict()
@@ -257,255 +279,464 @@ def _say(msg: str, enabled: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------- train
+# ------------------------------------------------------------------------------------------------ the run's parts
 
 
-def train(s: TrainSettings) -> dict:
-    """Train (or fine-tune, or resume) as `s` says; returns the final evaluation and where the checkpoint is."""
-    from ..checkpoint.io import TRAIN_STATE, _existing, load_train_state, save_checkpoint
-    from ..data.datasets import iterate_batches, load_dataset
-    from ..data.transforms import BatchAugment, soft_target_cross_entropy
+@dataclass
+class Run:
+    """What setup() decided: where the run lives, the processes, and what it starts from."""
+
+    s: TrainSettings
+    info: D.DistInfo
+    out: Path
+    saved: Optional[dict]  # train_state.pt of the run being resumed
+    init_model: Any  # the --init checkpoint, loaded once
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / CHECKPOINT
+
+
+@dataclass
+class Data:
+    train: Any
+    test: Any
+    class_names: list
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class Plan:
+    """The batch arithmetic: what a step is and how many there are."""
+
+    batch: int
+    world: int
+    per_rank: int
+    micro: int
+    accum: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    eval_every: int
+    save_every: int
+
+
+@dataclass
+class Parts:
+    """What build() makes: the model (bare, compiled, wrapped), its optimizer and schedule, the augmentation."""
+
+    core: Any
+    cmodel: Any
+    model: Any
+    preprocess: Any
+    optimizer: Any
+    scheduler: Any
+    aug: Any
+    aug_gen: torch.Generator
+
+
+@dataclass
+class Progress:
+    """Where the run is; fit() advances it, save() records it."""
+
+    step: int = 0
+    best_top1: float = -1.0
+    best_step: Optional[int] = None
+    saved_at: Optional[int] = None
+    evaluated_at: Optional[int] = None
+    last_eval: Optional[dict] = None
+    train_time: float = 0.0
+    train_images: int = 0
+    wait_time: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+
+
+def _existing_run(out: Path) -> Optional[str]:
+    """What in `out` belongs to an earlier run, or None."""
+    from ..checkpoint.io import _existing
+
+    for name in (CHECKPOINT, BEST):
+        if _existing(out / name).exists():
+            return f"a checkpoint ({out / name})"
+    if (out / METRICS).is_file() and (out / METRICS).stat().st_size > 0:
+        return f"metrics ({out / METRICS})"
+    return None
+
+
+def _remove_run(out: Path) -> None:
+    """--overwrite: the earlier run's checkpoints, metrics and TensorBoard logs (nothing else in `out`)."""
+    for name in (CHECKPOINT, BEST):
+        for p in (out / name, out / f".{name}.old"):
+            shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
+    if (out / METRICS).is_file():
+        (out / METRICS).unlink()
+
+
+def _check_resumed_settings(s: TrainSettings, saved: dict) -> None:
+    """The settings that define the run must be the saved ones; a UserError names those that differ."""
+    was = TrainSettings.from_dict(saved.get("settings", {})).to_dict()
+    now, free = s.to_dict(), resumable(TrainSettings) | {"name"}
+    differ = [f"{option(k)} {now[k]} (saved: {was[k]})" for k in now if k not in free and now[k] != was[k]]
+    if differ:
+        raise UserError(f"--resume: {'; '.join(differ)}; these define the run and cannot change when it is "
+                        f"resumed (only {', '.join(sorted(option(k) for k in free - {'name', 'resume'}))} can); "
+                        f"start a new run with another --out instead")
+
+
+def setup(s: TrainSettings, info: D.DistInfo) -> Run:
+    """The run directory (created, checked: a new run refuses an earlier one unless --overwrite), the state to
+    resume from (its settings checked against `s`), the seeds and the --init checkpoint."""
+    from ..checkpoint.io import TRAIN_STATE, _existing, load_train_state
+
+    out = s.run_dir()
+    ckpt_dir = out / CHECKPOINT
+    if info.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create output directory {out} ({e.strerror or e})") from None
+        if not os.access(out, os.W_OK):
+            raise UserError(f"output directory {out} is not writable")
+        if (out / METRICS).exists() and not (out / METRICS).is_file():
+            raise UserError(f"{out / METRICS} is not a file; the run writes its metrics there")
+    saved = None
+    if s.resume:
+        if not (_existing(ckpt_dir) / TRAIN_STATE).exists():
+            raise UserError(f"--resume: no checkpoint to resume in {out} (expected {ckpt_dir / TRAIN_STATE})")
+        saved = load_train_state(ckpt_dir)
+        _check_resumed_settings(s, saved)
+    elif info.is_main:
+        earlier = _existing_run(out)
+        if earlier and not s.overwrite:
+            raise UserError(f"{out} already holds a run: {earlier}; continue it with --resume, choose another "
+                            f"--out, or replace it with --overwrite")
+        if earlier:
+            _remove_run(out)
+    D.barrier()
+
+    torch.manual_seed(s.seed)
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    init_model = None
+    if s.init:
+        from ..checkpoint.io import load
+
+        init_model = load(s.init)
+    return Run(s, info, out, saved, init_model)
+
+
+def load_data(s: TrainSettings, init_model) -> Data:
+    """The train and test splits; image folders decode straight to the model's size and channels."""
+    from ..data.datasets import load_dataset
+
+    size = s.image_size or (init_model.cfg.image_size if init_model is not None else None)
+    chans = init_model.cfg.in_chans if init_model is not None else 3
+    if s.dataset.lower().startswith("imagefolder:") and size is None:
+        size = default_config(s.model).image_size
+    train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=size, channels=chans)
+    test_ds = load_dataset(s.dataset, "test", data_dir=s.data_dir, image_size=size, channels=chans)
+    n_train = len(train_ds.labels) if s.limit_train is None else min(s.limit_train, len(train_ds.labels))
+    n_test = len(test_ds.labels) if s.limit_test is None else min(s.limit_test, len(test_ds.labels))
+    return Data(train_ds, test_ds, list(train_ds.class_names), n_train, n_test)
+
+
+def plan_steps(s: TrainSettings, n_train: int, world: int) -> Plan:
+    """Global batch -> per process -> micro-batches; epochs -> steps; warmup, evaluation and checkpoint cadence."""
+    B = s.batch_size
+    if B % world:
+        raise UserError(f"--batch-size {B} is not divisible by the number of processes {world}")
+    per_rank = B // world
+    if s.micro_batch:
+        if per_rank % s.micro_batch:
+            raise UserError(f"--micro-batch {s.micro_batch} does not divide the per-process batch {per_rank} "
+                            f"(global {B} / {world} processes)")
+        micro, accum = s.micro_batch, per_rank // s.micro_batch
+    else:
+        accum = s.accum_steps or 1
+        if per_rank % accum:
+            raise UserError(f"--accum-steps {accum} does not divide the per-process batch {per_rank}")
+        micro = per_rank // accum
+    steps_per_epoch = n_train // B
+    if steps_per_epoch == 0:
+        raise UserError(f"--batch-size {B} is larger than the training set ({n_train} examples)")
+    total = int(s.steps) if s.steps else max(1, math.ceil(s.epochs * steps_per_epoch))
+    warmup = int(s.warmup_steps) if s.warmup_steps is not None else round(s.warmup_epochs * steps_per_epoch)
+    eval_every = s.eval_every or steps_per_epoch
+    return Plan(B, world, per_rank, micro, accum, steps_per_epoch, total, min(warmup, total), eval_every,
+                s.save_every or eval_every)
+
+
+# ------------------------------------------------------------------------------------------------------ build
+
+
+def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
+    """The model (fresh, --init adapted, or the resumed weights), wrapped for the processes; the optimizer, the
+    schedule and the augmentation, with their state restored when resuming."""
+    from ..data.transforms import BatchAugment
+
+    s, info = run.s, run.info
+    core, preprocess = build_model(s, len(data.class_names), data.train.channels, native_size(data.train),
+                                   run.init_model)
+    core.preprocess, core.class_names = preprocess, data.class_names
+    if s.grad_checkpointing:
+        core.set_grad_checkpointing(True)
+    core.set_fused_attn(s.attention)
+    if run.saved is not None:  # weights before wrapping (FSDP shards what it is given)
+        from safetensors.torch import load_file
+
+        from ..checkpoint.io import WEIGHTS, _existing, load_state_dict_strict
+
+        src = _existing(run.ckpt_dir)
+        load_state_dict_strict(core, load_file(str(src / WEIGHTS)), str(src / WEIGHTS))
+    core.to(info.device)
+    cmodel = torch.compile(core) if s.compile else core
+    model = D.wrap_model(cmodel if not s.fsdp else core, info, fsdp=s.fsdp)
+    if s.fsdp and s.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(core, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
+                                fused=not s.fsdp and info.device.type in ("cpu", "cuda"))
+    scheduler = build_scheduler(optimizer, plan.warmup, plan.total, s.schedule)
+    aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
+    aug = BatchAugment(core.cfg.image_size, len(data.class_names), crop=s.crop,
+                       flip=s.flip and getattr(data.train, "flip_ok", True), randaugment=s.randaugment,
+                       mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
+                       erase=s.random_erase, pad=s.crop_pad)
+    parts = Parts(core, cmodel, model, preprocess, optimizer, scheduler, aug, aug_gen)
+    return parts, restore(run, parts, plan)
+
+
+def restore(run: Run, parts: Parts, plan: Plan) -> Progress:
+    """The saved optimizer, schedule, step, best and random states (resume), or a fresh start."""
+    ts = run.saved
+    if ts is None:
+        return Progress()
+    if int(ts["step"]) > plan.total:
+        raise UserError(f"--resume: the checkpoint is at step {ts['step']}, past the {plan.total} steps asked for; "
+                        f"give more --steps or --epochs")
+    D.load_optimizer_state(parts.model, parts.optimizer, ts["optimizer"])
+    parts.scheduler.load_state_dict(ts["scheduler"])
+    rngs = ts["rng"]
+    if len(rngs) == plan.world:
+        set_rng_state(rngs[run.info.rank], parts.aug_gen)
+    else:
+        _say(f"vitkit: note: resuming with {plan.world} processes, saved with {len(rngs)}: random streams restart "
+             f"from the seed", run.info.is_main)
+    step = int(ts["step"])
+    return Progress(step=step, best_top1=float(ts["best_top1"]), best_step=ts.get("best_step"), saved_at=step)
+
+
+# -------------------------------------------------------------------------------------------- evaluate, save
+
+
+def evaluate(run: Run, data: Data, parts: Parts) -> dict:
+    """Top-1/top-5/loss on the test split; each process takes its share and the counts are summed."""
     from ..eval.evaluate import evaluate_counts, summarize
 
-    t_start = time.perf_counter()
+    s, info = run.s, run.info
+    if s.fsdp and info.enabled:  # every rank runs the sharded model on all the data (collectives align)
+        counts = evaluate_counts(parts.model, data.test, torch.arange(data.n_test), s.eval_batch_size, s.precision,
+                                 parts.preprocess, info.device)
+        for mod in parts.core.modules():  # the root stays unsharded after a forward without backward
+            if hasattr(mod, "reshard"):
+                mod.reshard()
+    else:
+        counts = evaluate_counts(parts.cmodel, data.test, torch.arange(data.n_test)[info.rank::info.world_size],
+                                 s.eval_batch_size, s.precision, parts.preprocess, info.device)
+        for v in counts.values():
+            D.all_reduce_(v)
+    return summarize(counts, data.class_names)
+
+
+def _all_finite(run: Run, parts: Parts) -> bool:
+    """Every weight finite, on every process (each checks its own FSDP shards)."""
+    bad = sum(int((~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum())
+              for p in parts.core.parameters())
+    return float(D.all_reduce_(torch.tensor(float(bad), device=run.info.device))) == 0
+
+
+def save(path: Path, run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -> None:
+    """A checkpoint with the full training state; refuses non-finite weights (nothing saved is ever NaN)."""
+    from ..checkpoint.io import save_checkpoint
+
+    if not _all_finite(run, parts):
+        raise TrainingDiverged(f"the weights are not finite after step {progress.step}; stopping without saving "
+                               f"them ({_last_good(run, progress)}); try a lower --lr or --clip-grad 1")
+    step, model = progress.step, parts.model
+    state = {"step": step, "epoch": step // plan.steps_per_epoch, "position": step % plan.steps_per_epoch,
+             "optimizer": D.full_optimizer_state(model, parts.optimizer), "scheduler": parts.scheduler.state_dict(),
+             "best_top1": progress.best_top1, "best_step": progress.best_step,
+             "rng": D.all_gather_object(rng_state(parts.aug_gen)), "settings": run.s.to_dict(),
+             "world_size": plan.world}
+    tosave = parts.core
+    if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
+        full = D.full_model_state(model)
+        if run.info.is_main:
+            from ..model import ViT
+
+            tosave = ViT(parts.core.cfg)
+            tosave.load_state_dict(full)
+    if run.info.is_main:
+        try:
+            save_checkpoint(path, tosave, parts.preprocess, data.class_names, train_state=state)
+        except (OSError, RuntimeError) as e:  # disk full: torch.save says "unexpected pos ..."
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "the write was cut short (disk full?)"
+            raise UserError(f"cannot write the checkpoint {path}: {why}; {_last_good(run, progress)}") from None
+    D.barrier()
+
+
+def _last_good(run: Run, progress: Progress) -> str:
+    if progress.saved_at is None:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {run.ckpt_dir} (step {progress.saved_at})"
+
+
+# -------------------------------------------------------------------------------------------------------- fit
+
+
+def train_step(run: Run, parts: Parts, plan: Plan, batches) -> tuple[float, float, float]:
+    """One optimizer step on the next `accum` micro-batches: (mean loss over processes, gradient norm, seconds
+    spent waiting for data). Raises TrainingDiverged before the update if the loss or the gradient is not finite."""
+    from ..data.transforms import soft_target_cross_entropy
+
+    s, dev, model = run.s, run.info.device, parts.model
+    wait = 0.0
+    loss_sum = torch.zeros((), device=dev)
+    for m in range(plan.accum):
+        tw = time.perf_counter()
+        images, labels = next(batches)
+        images, targets = parts.aug(to_channels(images, parts.core.cfg.in_chans), labels, generator=parts.aug_gen)
+        x = parts.preprocess.normalize(images).to(dev, non_blocking=True)
+        targets = targets.to(dev, non_blocking=True)
+        wait += time.perf_counter() - tw
+        with D.no_sync(model, m == plan.accum - 1):
+            with autocast(dev, s.precision):
+                loss = soft_target_cross_entropy(model(x).float(), targets) / plan.accum
+            loss.backward()
+        loss_sum += loss.detach()
+    params = [p for p in parts.core.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.clip_grad or float("inf")))
+    loss_val = float(D.all_reduce_(loss_sum) / plan.world)
+    return loss_val, grad_norm, wait
+
+
+def fit(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress, logger: "Logger",
+        on_step: Optional[Callable[[dict], None]] = None) -> None:
+    """Steps from progress.step to plan.total: evaluate every eval_every, checkpoint every save_every (and the
+    best). `on_step(record)` is called after each step with the logged record."""
+    from ..data.datasets import iterate_batches
+
+    s, main, B = run.s, run.info.is_main, plan.batch
+    bar = _progress(plan.total, progress.step, main and s.progress and sys.stderr.isatty())
+    parts.model.train()
+    while progress.step < plan.total:
+        epoch, pos = divmod(progress.step, plan.steps_per_epoch)
+        perm = epoch_permutation(s.seed, epoch, data.n_train)
+        n_steps = min(plan.steps_per_epoch - pos, plan.total - progress.step)
+        local = perm[pos * B:(pos + n_steps) * B].view(n_steps, plan.world, plan.per_rank)[:, run.info.rank]
+        batches = iterate_batches(data.train, local.reshape(-1), plan.micro, num_workers=s.workers)
+        for _ in range(n_steps):
+            t0 = time.perf_counter()
+            loss, grad_norm, wait = train_step(run, parts, plan, batches)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+                raise TrainingDiverged(f"{what} at step {progress.step + 1}; stopping ({_last_good(run, progress)}); "
+                                       f"try a lower --lr or --clip-grad 1")
+            lr = parts.optimizer.param_groups[0]["lr"]
+            parts.optimizer.step()
+            parts.scheduler.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            dt = time.perf_counter() - t0
+            progress.train_time += dt
+            progress.train_images += B
+            progress.wait_time += wait
+            record = {"step": progress.step, "epoch": round(progress.step / plan.steps_per_epoch, 4), "loss": loss,
+                      "lr": lr, "grad_norm": grad_norm, "img_per_s": round(B / dt, 1),
+                      "data_wait_frac": round(wait / dt, 4)}
+            logger.log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{B / dt:.0f}", refresh=False)
+                bar.update(1)
+            if on_step is not None:
+                on_step(record)
+            after_step(run, data, plan, parts, progress, logger, bar, loss)
+    if bar is not None:
+        bar.close()
+
+
+def after_step(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress, logger: "Logger", bar,
+               loss: float) -> None:
+    """Evaluate and checkpoint when the cadence (or the last step) says so."""
+    step, last = progress.step, progress.step == plan.total
+    if step % plan.eval_every == 0 or last:
+        r = evaluate(run, data, parts)
+        progress.last_eval, progress.evaluated_at = r, step
+        parts.model.train()
+        logger.log({"step": step, "epoch": round(step / plan.steps_per_epoch, 4), "top1": r["top1"],
+                    "top5": r["top5"], "eval_loss": r["loss"]})
+        msg = (f"step {step}/{plan.total} epoch {step / plan.steps_per_epoch:.2f}: loss {loss:.4f} test top1 "
+               f"{100 * r['top1']:.2f}% top5 {100 * r['top5']:.2f}% "
+               f"({progress.train_images / max(progress.train_time, 1e-9):.0f} img/s, "
+               f"{time.perf_counter() - run.t_start:.0f}s)")
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)
+        else:
+            _say(msg, run.info.is_main)
+        if r["top1"] > progress.best_top1:
+            progress.best_top1, progress.best_step = r["top1"], step
+    if step % plan.save_every == 0 or last:
+        save(run.ckpt_dir, run, data, plan, parts, progress)
+        progress.saved_at = step
+        if progress.evaluated_at == step and progress.best_step == step:
+            save(run.out / BEST, run, data, plan, parts, progress)
+
+
+# ------------------------------------------------------------------------------------------------------ train
+
+
+def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train (or fine-tune, or resume) as `s` says; returns the final evaluation and where the checkpoint is.
+
+    setup (run directory, saved state, seeds, --init) -> load_data -> plan_steps -> build -> fit -> evaluate.
+    `on_step(record)`, if given, is called after every optimizer step with the record written to metrics.jsonl."""
+    check(s)
     info = D.setup(s.device)
     try:
-        main = info.is_main
-        out = Path(s.out or f"runs/{s.dataset.replace(':', '_').replace('/', '_')}")
-        ckpt_dir = out / CHECKPOINT
-        if main:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"cannot create output directory {out} ({e.strerror or e})") from None
-            if not os.access(out, os.W_OK):
-                raise UserError(f"output directory {out} is not writable")
-        if s.resume and not (_existing(ckpt_dir) / TRAIN_STATE).exists():
-            raise UserError(f"--resume: no checkpoint to resume in {out} (expected {ckpt_dir / TRAIN_STATE})")
-
-        torch.manual_seed(s.seed)
-        random.seed(s.seed)
-        np.random.seed(s.seed)
-
-        # -- data and model -----------------------------------------------------------------------------------
-        init_model = None
-        if s.init and s.dataset.lower().startswith("imagefolder:"):  # folders decode straight to the model size
-            from ..checkpoint.io import load
-
-            init_model = load(s.init)
-        fold_size = s.image_size or (init_model.cfg.image_size if init_model is not None else None)
-        fold_chans = init_model.cfg.in_chans if init_model is not None else 3
-        if s.dataset.lower().startswith("imagefolder:") and fold_size is None:
-            fold_size = default_config(s.model).image_size
-        train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=fold_size, channels=fold_chans)
-        test_ds = load_dataset(s.dataset, "test", data_dir=s.data_dir, image_size=fold_size, channels=fold_chans)
-        class_names = list(train_ds.class_names)
-        n_train = len(train_ds.labels) if s.limit_train is None else min(s.limit_train, len(train_ds.labels))
-        n_test = len(test_ds.labels) if s.limit_test is None else min(s.limit_test, len(test_ds.labels))
-
-        model, preprocess = build_model(s, len(class_names), train_ds.channels, native_size(train_ds))
-        core, cfg = model, model.cfg
-        core.preprocess, core.class_names = preprocess, class_names
-        if s.grad_checkpointing:
-            core.set_grad_checkpointing(True)
-        if s.attention not in ("auto", "sdpa", "explicit"):
-            raise UserError(f"unknown --attention {s.attention!r}; valid: auto, sdpa, explicit")
-        core.set_fused_attn(s.attention)
-
-        # -- batch arithmetic ---------------------------------------------------------------------------------
-        B, world = s.batch_size, info.world_size
-        if B % world:
-            raise UserError(f"--batch-size {B} is not divisible by the number of processes {world}")
-        per_rank = B // world
-        if s.micro_batch:
-            if per_rank % s.micro_batch:
-                raise UserError(f"--micro-batch {s.micro_batch} does not divide the per-process batch {per_rank} "
-                                f"(global {B} / {world} processes)")
-            micro, accum = s.micro_batch, per_rank // s.micro_batch
-        else:
-            accum = s.accum_steps or 1
-            if per_rank % accum:
-                raise UserError(f"--accum-steps {accum} does not divide the per-process batch {per_rank}")
-            micro = per_rank // accum
-        steps_per_epoch = n_train // B
-        if steps_per_epoch == 0:
-            raise UserError(f"--batch-size {B} is larger than the training set ({n_train} examples)")
-        total = int(s.steps) if s.steps else max(1, math.ceil(s.epochs * steps_per_epoch))
-        warmup = int(s.warmup_steps) if s.warmup_steps is not None else round(s.warmup_epochs * steps_per_epoch)
-        warmup = min(warmup, total)
-        eval_every = s.eval_every or steps_per_epoch
-        save_every = s.save_every or eval_every
-
-        # -- resume: weights before wrapping (FSDP shards what it is given) ---------------------------------
-        ts = None
-        if s.resume:
-            from safetensors.torch import load_file
-
-            from ..checkpoint.io import WEIGHTS, load_state_dict_strict
-
-            src = _existing(ckpt_dir)
-            ts = load_train_state(src)
-            load_state_dict_strict(core, load_file(str(src / WEIGHTS)), str(src / WEIGHTS))
-
-        core.to(info.device)
-        cmodel = torch.compile(core) if s.compile else core
-        model = D.wrap_model(cmodel if not s.fsdp else core, info, fsdp=s.fsdp)
-        if s.fsdp and s.compile:
-            model = torch.compile(model)
-        params = [p for p in core.parameters() if p.requires_grad]
-        optimizer = build_optimizer(core, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
-                                    fused=not s.fsdp and info.device.type in ("cpu", "cuda"))
-        scheduler = build_scheduler(optimizer, warmup, total, s.schedule)
-        aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
-        aug = BatchAugment(cfg.image_size, len(class_names), crop=s.crop,
-                           flip=s.flip and getattr(train_ds, "flip_ok", True), randaugment=s.randaugment,
-                           mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
-                           erase=s.random_erase, pad=s.crop_pad)
-        step, best_top1, best_step = 0, -1.0, None
-        if ts is not None:
-            D.load_optimizer_state(model, optimizer, ts["optimizer"])
-            scheduler.load_state_dict(ts["scheduler"])
-            step, best_top1, best_step = int(ts["step"]), float(ts["best_top1"]), ts.get("best_step")
-            rngs = ts["rng"]
-            if len(rngs) == world:
-                set_rng_state(rngs[info.rank], aug_gen)
-            else:
-                _say(f"vitkit: note: resuming with {world} processes, saved with {len(rngs)}: random streams "
-                     f"restart from the seed", main)
-        logger = Logger(out, main, step if s.resume else None)
-
-        bar = _progress(total, step, main and s.progress and sys.stderr.isatty())
-        verbose = main and bar is None
-        _say(f"vitkit train: {cfg.name or s.model} ({core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) on "
-             f"{s.dataset} ({n_train} train / {n_test} test, {len(class_names)} classes), {total} steps of "
-             f"{B} ({world} proc x {accum} x {micro}), {s.optimizer} lr {s.lr:g}, {s.precision}, {info.device}",
-             main and (verbose or s.progress))
-
-        def run_eval() -> dict:
-            if s.fsdp and info.enabled:  # every rank runs the sharded model on all the data (collectives align)
-                counts = evaluate_counts(model, test_ds, torch.arange(n_test), s.eval_batch_size, s.precision,
-                                         preprocess, info.device)
-                for mod in core.modules():  # the root stays unsharded after a forward without backward
-                    if hasattr(mod, "reshard"):
-                        mod.reshard()
-            else:
-                counts = evaluate_counts(cmodel, test_ds, torch.arange(n_test)[info.rank::world],
-                                         s.eval_batch_size, s.precision, preprocess, info.device)
-                for v in counts.values():
-                    D.all_reduce_(v)
-            return summarize(counts, class_names)
-
-        def save(path: Path, with_state: bool = True) -> None:
-            state = None
-            if with_state:
-                state = {"step": step, "epoch": step // steps_per_epoch, "position": step % steps_per_epoch,
-                         "optimizer": D.full_optimizer_state(model, optimizer),
-                         "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_step": best_step,
-                         "rng": D.all_gather_object(rng_state(aug_gen)), "settings": s.to_dict(),
-                         "world_size": world}
-            if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
-                full = D.full_model_state(model)
-                tosave = None
-                if main:
-                    from ..model import ViT
-
-                    tosave = ViT(cfg)
-                    tosave.load_state_dict(full)
-            else:
-                tosave = core
-            if main:
-                save_checkpoint(path, tosave, preprocess, class_names, train_state=state)
-            D.barrier()
-
-        # -- the loop -----------------------------------------------------------------------------------------
-        step_delay = float(os.environ.get("VITKIT_TEST_STEP_DELAY", "0"))  # test hook: lets a test kill mid-run
-        last = {"loss": float("nan")}
-        result_eval, evaluated_at, saved_at = None, None, None
-        train_time, train_images, wait_time = 0.0, 0, 0.0
-        model.train()
-        while step < total:
-            epoch, pos = divmod(step, steps_per_epoch)
-            perm = epoch_permutation(s.seed, epoch, n_train)
-            n_steps = min(steps_per_epoch - pos, total - step)
-            local = perm[pos * B:(pos + n_steps) * B].view(n_steps, world, per_rank)[:, info.rank].reshape(-1)
-            batches = iterate_batches(train_ds, local, micro, num_workers=s.workers)
-            for _ in range(n_steps):
-                t0 = time.perf_counter()
-                wait = 0.0
-                loss_sum = torch.zeros((), device=info.device)
-                for m in range(accum):
-                    tw = time.perf_counter()
-                    images, labels = next(batches)
-                    images, targets = aug(to_channels(images, cfg.in_chans), labels, generator=aug_gen)
-                    x = preprocess.normalize(images).to(info.device, non_blocking=True)
-                    targets = targets.to(info.device, non_blocking=True)
-                    wait += time.perf_counter() - tw
-                    with D.no_sync(model, m == accum - 1):
-                        with autocast(info.device, s.precision):
-                            loss = soft_target_cross_entropy(model(x).float(), targets) / accum
-                        loss.backward()
-                    loss_sum += loss.detach()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, s.clip_grad or float("inf"))
-                loss_val = float(D.all_reduce_(loss_sum) / world)
-                if not math.isfinite(loss_val):
-                    where = (f"the last good checkpoint is {ckpt_dir} (step {saved_at})" if saved_at is not None
-                             else "no checkpoint was written")
-                    raise TrainingDiverged(f"loss is {loss_val} at step {step + 1}; stopping ({where}); try a "
-                                           f"lower --lr or --clip-grad 1")
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step_delay:
-                    time.sleep(step_delay)
-                dt = time.perf_counter() - t0
-                train_time += dt
-                train_images += B
-                wait_time += wait
-                last = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_val, "lr": lr,
-                        "grad_norm": float(grad_norm), "img_per_s": round(B / dt, 1),
-                        "data_wait_frac": round(wait / dt, 4)}
-                logger.log(last)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}", img_s=f"{B / dt:.0f}", refresh=False)
-                    bar.update(1)
-
-                if step % eval_every == 0 or step == total:
-                    result_eval, evaluated_at = run_eval(), step
-                    model.train()
-                    logger.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "top1": result_eval["top1"],
-                                "top5": result_eval["top5"], "eval_loss": result_eval["loss"]})
-                    msg = (f"step {step}/{total} epoch {step / steps_per_epoch:.2f}: loss {loss_val:.4f} test top1 "
-                           f"{100 * result_eval['top1']:.2f}% top5 {100 * result_eval['top5']:.2f}% "
-                           f"({train_images / max(train_time, 1e-9):.0f} img/s, "
-                           f"{time.perf_counter() - t_start:.0f}s)")
-                    if bar is not None:
-                        bar.write(msg, file=sys.stderr)
-                    else:
-                        _say(msg, verbose)
-                    improved = result_eval["top1"] > best_top1
-                    if improved:
-                        best_top1, best_step = result_eval["top1"], step
-                if step % save_every == 0 or step == total:
-                    save(ckpt_dir)
-                    saved_at = step
-                    if evaluated_at == step and best_step == step:
-                        save(out / BEST)
-        if bar is not None:
-            bar.close()
-        logger.close()
-        if result_eval is None or evaluated_at != step:  # resumed at the very end, or nothing to train
-            result_eval = run_eval()
-        if saved_at != step and not (s.resume and step == int(ts["step"])):
-            save(ckpt_dir)
-        return {"top1": result_eval["top1"], "top5": result_eval["top5"], "loss": result_eval["loss"],
-                "n": result_eval["n"], "dataset": s.dataset, "model": cfg.name or s.model,
-                "checkpoint": str(ckpt_dir), "best": str(out / BEST), "best_top1": max(best_top1, 0.0),
-                "steps": step, "epochs": round(step / steps_per_epoch, 3),
-                "time_s": round(time.perf_counter() - t_start, 2),
-                "img_per_s": round(train_images / train_time, 1) if train_time else None,
-                "data_wait_frac": round(wait_time / train_time, 4) if train_time else None,
-                "world_size": world, "per_class": result_eval["per_class"]}
+        run = setup(s, info)
+        data = load_data(s, run.init_model)
+        plan = plan_steps(s, data.n_train, info.world_size)
+        parts, progress = build(run, data, plan)
+        resumed_at = progress.step if s.resume else None
+        logger = Logger(run.out, info.is_main, resumed_at)
+        cfg = parts.core.cfg
+        _say(f"vitkit train: {cfg.name or s.model} ({parts.core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) "
+             f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
+             f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
+             f"lr {s.lr:g}, {s.precision}, {info.device}", info.is_main)
+        try:
+            fit(run, data, plan, parts, progress, logger, on_step)
+        finally:
+            logger.close()
+        if progress.last_eval is None or progress.evaluated_at != progress.step:  # resumed at the end
+            progress.last_eval, progress.evaluated_at = evaluate(run, data, parts), progress.step
+        if progress.saved_at != progress.step:
+            save(run.ckpt_dir, run, data, plan, parts, progress)
+        return result(run, data, plan, parts, progress)
     finally:
         D.cleanup()
+
+
+def result(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -> dict:
+    r, p = progress.last_eval, progress
+    return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "n": r["n"], "dataset": run.s.dataset,
+            "model": parts.core.cfg.name or run.s.model, "checkpoint": str(run.ckpt_dir),
+            "best": str(run.out / BEST), "best_top1": max(p.best_top1, 0.0), "steps": p.step,
+            "epochs": round(p.step / plan.steps_per_epoch, 3), "time_s": round(time.perf_counter() - run.t_start, 2),
+            "img_per_s": round(p.train_images / p.train_time, 1) if p.train_time else None,
+            "data_wait_frac": round(p.wait_time / p.train_time, 4) if p.train_time else None,
+            "world_size": plan.world, "per_class": r["per_class"]}

@@ -29,48 +29,66 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..flags import Number, Pair, flag
+
+WHAT, LONG, OPT, REG = "what to train", "how long, how big", "optimisation", "regularisation and augmentation"
+FRACTION = Number(float, min=0, max=1)
+
 
 @dataclass
 class Recipe:
-    name: str = "default"
-    model: str = "ViT-Mini/7"
-    dataset: str = "embedded"
-    image_size: Optional[int] = None  # None: the dataset's own size (or the checkpoint's with --init)
-    classifier: Optional[str] = None  # None: the variant's ("token")
-    pos_embed: Optional[str] = None
-    dropout: float = 0.0
-    # GELU of a fresh model: "tanh" (the approximation the official code computes with, the variants' default) or
-    # "erf" (exact; what HF and timm use). For training from scratch on CPU "erf" is the faster one: PyTorch's CPU
-    # kernel for the tanh form is 6x slower forward / 3x backward (Mini/7 bf16 training step: 1.14x img/s with
-    # "erf"). None: the variant's. A pre-trained (--init) model keeps the GELU it was trained with.
-    gelu: Optional[str] = None
-    # length: steps wins over epochs
-    epochs: float = 5
-    steps: Optional[int] = None
-    batch_size: int = 128  # global: the same for any number of processes and accumulation steps
-    # optimiser and schedule
-    optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "sgd" (momentum)
-    lr: float = 1e-3
-    betas: tuple = (0.9, 0.999)
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    warmup_steps: Optional[int] = None  # wins over warmup_epochs
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"  # "cosine" or "linear" decay to zero after the warmup
-    clip_grad: Optional[float] = None  # max global gradient norm; None: no clipping
+    """Defaults for a kind of run. Each field is the `vitkit train` flag of the same name (vitkit/flags.py)."""
+
+    name: str = flag("default", cli=False)  # chosen with --recipe
+    model: str = flag("ViT-Mini/7", "variant, e.g. ViT-Mini/7, ViT-S/16, R+ViT-Mini/8 (see `vitkit models`)",
+                      group=WHAT)
+    dataset: str = flag("embedded", "embedded (default), fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH",
+                        group=WHAT)
+    image_size: Optional[int] = flag(None, "input resolution (default: the dataset's, or the checkpoint's with "
+                                     "--init)", type=Number(int, min=1), group=WHAT)
+    classifier: Optional[str] = flag(None, "[class] token or global average pooling (default: the variant's, token)",
+                                     choices=("token", "gap"), group=WHAT)
+    pos_embed: Optional[str] = flag(None, "position embedding (default: the variant's, learned)",
+                                    choices=("learned", "learned2d", "sincos2d", "none"), group=WHAT)
+    dropout: float = flag(0.0, "dropout rate", type=FRACTION, group=WHAT)
+    # For training from scratch on CPU "erf" is the faster one: PyTorch's CPU kernel for the tanh form is slower
+    # (measured in benchmarks/README.md). A pre-trained (--init) model keeps the GELU it was trained with.
+    gelu: Optional[str] = flag(None, "GELU of a fresh model: tanh approximation (the official code's; the "
+                               "variants' default) or exact erf (faster on CPU)", choices=("tanh", "erf"), group=WHAT)
+    epochs: float = flag(5, "passes over the training set", type=Number(float, above=0), group=LONG)
+    steps: Optional[int] = flag(None, "optimizer steps (wins over --epochs)", type=Number(int, min=1), group=LONG)
+    batch_size: int = flag(128, "global batch size, the same for any number of processes and accumulation steps",
+                           type=Number(int, min=1), group=LONG)
+    optimizer: str = flag("adamw", "adamw (decoupled weight decay) or sgd (momentum)", choices=("adamw", "sgd"),
+                          group=OPT)
+    lr: float = flag(1e-3, "peak learning rate", type=Number(float, above=0), group=OPT)
+    betas: tuple = flag((0.9, 0.999), "Adam betas", type=Pair(Number(float, min=0, below=1),
+                                                               Number(float, min=0, below=1), "B1,B2"), group=OPT)
+    momentum: float = flag(0.9, "SGD momentum", type=Number(float, min=0, below=1), group=OPT)
+    weight_decay: float = flag(0.05, "decoupled (AdamW-style) weight decay", type=Number(float, min=0), group=OPT)
+    warmup_steps: Optional[int] = flag(None, "linear warmup steps (wins over --warmup-epochs)",
+                                       type=Number(int, min=0), group=OPT)
+    warmup_epochs: float = flag(1.0, "linear warmup, in epochs", type=Number(float, min=0), group=OPT)
+    schedule: str = flag("cosine", "decay to zero after the warmup", choices=("cosine", "linear", "constant"),
+                         group=OPT)
+    clip_grad: Optional[float] = flag(None, "clip the global gradient norm to this (0: off)",
+                                      type=Number(float, min=0), group=OPT)
     # regularisation / augmentation (vitkit.data.transforms.BatchAugment)
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    randaugment: Optional[tuple] = None  # (num ops, magnitude)
-    random_erase: float = 0.0  # probability per image of erasing one random box (Zhong et al. 2017)
-    # "pad" (zero-pad image_size/8 and crop back, CIFAR-style), "rrc" (random resized crop) or "none". The default
-    # run is too short for crops to pay off: measured on the embedded set, pad-crop was at 65 % after 4 epochs
-    # where no crop was at 79 %.
-    crop: str = "none"
-    crop_pad: Optional[int] = None  # pixels of padding for crop="pad"; None: image_size / 8
-    flip: bool = True  # horizontal flips, where the dataset allows them (not for digits)
-    precision: str = "bf16"
+    label_smoothing: float = flag(0.1, "label smoothing", type=Number(float, min=0, below=1), group=REG)
+    mixup: float = flag(0.0, "mixup alpha (0: off)", type=Number(float, min=0), group=REG)
+    cutmix: float = flag(0.0, "cutmix alpha (0: off)", type=Number(float, min=0), group=REG)
+    randaugment: Optional[tuple] = flag(None, "RandAugment: N ops per image at magnitude M (0-10 scale)",
+                                        type=Pair(Number(int, min=0, max=14), Number(float, min=0, max=30), "N,M"),
+                                        group=REG)
+    random_erase: float = flag(0.0, "erase one random box with noise in a fraction P of the images (0: off)",
+                               type=FRACTION, metavar="P", group=REG)
+    # The default run is too short for crops to pay off (see the recipe notes above).
+    crop: str = flag("none", "random crop: pad-and-crop (small images), random-resized-crop (photos) or none",
+                     choices=("pad", "rrc", "none"), group=REG)
+    crop_pad: Optional[int] = flag(None, "padding for --crop pad (default: image size / 8)", type=Number(int, min=0),
+                                   group=REG)
+    flip: bool = flag(True, "horizontal flips, where the dataset allows them (not for digits)", group=REG)
+    precision: str = flag("bf16", "bf16 autocast (default) or fp32", choices=("fp32", "bf16"), group="execution")
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
