@@ -69,9 +69,9 @@ def test_cuda_path_syncs_and_uses_allocator_peak(monkeypatch):
 
 def test_bench_cli_table_and_json(tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = main(["bench", "--model", "ViT-testing/4", "--image-size", "16", "--batch", "2", "--mode",
+    rc = main(["bench", "--model", "ViT-testing/4", "--image-size", "16", "--batch-size", "2", "--mode",
                "inference,training", "--precision", "fp32,bf16", "--repeats", "1", "--warmup", "1", "--peers", "hf",
-               "--ceiling-n", "64", "--quiet", "--json", str(out)])
+               "--ceiling-n", "64", "--quiet", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "matmul ceiling bf16" in text and "hf infer bf16" in text and "ratios" in text

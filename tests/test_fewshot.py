@@ -161,9 +161,9 @@ def test_fewshot_and_features_cli(tmp_path, capsys):
         p.data.normal_(0, 0.3)
     vitkit.save_checkpoint(tmp_path / "ck", m)
     ck = str(tmp_path / "ck")
-    assert main(["features", ck, "--dataset", "embedded", "--split", "train", "--limit", "600",
+    assert main(["features", ck, "--dataset", "embedded", "--split", "train", "--sample", "600",
                  "--out", str(tmp_path / "F.npy")]) == 0
-    assert main(["features", ck, "--dataset", "embedded", "--split", "test", "--limit", "300",
+    assert main(["features", ck, "--dataset", "embedded", "--split", "test", "--sample", "300",
                  "--out", str(tmp_path / "G.npy")]) == 0
     f, y = np.load(tmp_path / "F.npy"), np.load(tmp_path / "F.labels.npy")
     assert f.shape == (600, 16) and y.shape == (600,)
@@ -176,12 +176,12 @@ def test_fewshot_and_features_cli(tmp_path, capsys):
     assert "knn" in rep["baselines"] and "linear_probe_ridge" in rep["baselines"]
     assert "top-1 mean" in capsys.readouterr().out
     # the same numbers straight from the checkpoint
-    assert main(["fewshot", ck, "--dataset", "embedded", "--train-limit", "600", "--test-limit", "300",
+    assert main(["fewshot", ck, "--dataset", "embedded", "--sample-train", "600", "--sample-test", "300",
                  "--shots", "5", "--val-size", "100", "--baselines", "none", "--out", str(tmp_path / "fs2.json")]) == 0
     rep2 = json.loads((tmp_path / "fs2.json").read_text())
     assert rep2["fewshot"]["shots"]["5"]["acc"] == pytest.approx(ref["shots"][5]["acc"], abs=1e-6)
     capsys.readouterr()
-    assert main(["fewshot", ck, "--dataset", "embedded", "--train-limit", "600", "--shots", "200"]) == 2
+    assert main(["fewshot", ck, "--dataset", "embedded", "--sample-train", "600", "--shots", "200"]) == 2
     assert main(["fewshot", "--train-features", str(tmp_path / "F.npy"), "--test-features",
                  str(tmp_path / "F.npy"), "--shots", "1,x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -183,9 +183,9 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, absent=argparse.SUPPRESS,
                            help=argparse.SUPPRESS, action=_DeprecatedAlias, new=option(f.name))
 
 
-def add_deprecated(parser, old: str, new: str, **kw) -> None:
+def add_deprecated(parser, old: str, new: str, dest: Optional[str] = None, **kw) -> None:
     """A hidden old spelling `old` of the flag `new` (same dest, same type), for scripts written against it."""
-    dest = new.lstrip("-").replace("-", "_")
+    dest = dest or new.lstrip("-").replace("-", "_")
     parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, action=_DeprecatedAlias, new=new,
                         default=argparse.SUPPRESS, **kw)
 
@@ -216,3 +216,25 @@ def check(settings) -> None:
 def resumable(cls) -> set:
     """Fields of `cls` that may change when a run is resumed."""
     return {f.name for f in dataclasses.fields(cls) if _meta(f).get("resumable")}
+
+
+def check_writable(path, flag: str = "--out", directory: bool = False) -> None:
+    """That `path` (a file, or a directory if `directory`) can be written, before the work that produces it:
+    a UserError naming `flag` otherwise. Missing parent directories are fine where they can be created."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and p.is_dir() != directory:
+        raise UserError(f"{flag} {p}: is {'not ' if directory else ''}a directory")
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            raise UserError(f"{flag} {p}: not writable")
+        return
+    parent = p.parent if p.parent != Path("") else Path(".")
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {p}: {parent} is not writable")

@@ -22,6 +22,8 @@ from ..errors import UserError
 
 
 def add_arguments(p):
+    from ..flags import Number
+
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
     p.add_argument("--dataset", help="dataset spec for the attention statistics and example images "
                    "(embedded, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH)")
@@ -30,13 +32,14 @@ def add_arguments(p):
     p.add_argument("--images", nargs="+", default=[], metavar="IMAGE",
                    help="image files to draw attention maps for (they also count in the statistics if no "
                    "--dataset is given)")
-    p.add_argument("--num-images", type=int, default=256,
+    p.add_argument("--num-images", type=Number(int, min=1), default=256, metavar="N",
                    help="dataset images averaged in the mean attention distance (default: 256)")
-    p.add_argument("--show", type=int, default=8, help="dataset images drawn in the attention figures when no "
+    p.add_argument("--show", type=Number(int, min=1), default=8, metavar="N", help="dataset images drawn in the attention figures when no "
                    "--images are given (default: 8, one per class first)")
-    p.add_argument("--filters", type=int, default=28, help="principal components of the filters shown (28)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="which dataset images are sampled (default: 0)")
+    p.add_argument("--filters", type=Number(int, min=1), default=28, metavar="N", help="principal components of the filters shown (28)")
+    p.add_argument("--batch-size", type=Number(int, min=1), default=64, metavar="N",
+                   help="images per forward pass (default 64)")
+    p.add_argument("--seed", type=Number(int, min=0), default=0, help="which dataset images are sampled (default: 0)")
     p.add_argument("--out", required=True, help="output directory")
 
 

@@ -1,9 +1,9 @@
 """`vitkit bench`: inference and training throughput, peak memory and MFU of a ViT variant, side by side with the
 same architecture in Hugging Face transformers (and timm when importable), all in one process, interleaved.
 
-    vitkit bench --model ViT-B/16 --batch 32 --precision bf16 --mode inference
-    vitkit bench --model ViT-Mini/4 --image-size 32 --batch 128 --mode training --precision fp32,bf16 \\
-        --compile no,default --json mini.json
+    vitkit bench --model ViT-B/16 --batch-size 32 --precision bf16 --mode inference
+    vitkit bench --model ViT-Mini/4 --image-size 32 --batch-size 128 --mode training --precision fp32,bf16 \\
+        --compile no,default --out mini.json
     vitkit bench --decode imagefolder:/work/shared/data/hymenoptera --workers 0,1,2
 
 MFU = model FLOPs per second (ViT.flops_per_image x batch, x3 for a training step) / the dense-matmul FLOP/s of the
@@ -24,6 +24,7 @@ import time
 import torch
 
 from ..errors import UserError
+from ..flags import Number, add_deprecated, device
 from ..train.distributed import resolve_device
 from . import throughput as T
 
@@ -36,10 +37,13 @@ def _csv(kind=str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ViT-B/16", help="variant, e.g. ViT-B/16, ViT-Mini/4 (default ViT-B/16)")
-    p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the variant's)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--in-chans", type=int, default=3)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image-size", type=Number(int, min=1), default=None, metavar="N",
+                   help="input size in pixels (default: the variant's)")
+    p.add_argument("--num-classes", type=Number(int, min=1), default=1000, metavar="N")
+    p.add_argument("--in-chans", type=Number(int, min=1), default=3, metavar="N")
+    p.add_argument("--batch-size", dest="batch", type=Number(int, min=1), default=32, metavar="N",
+                   help="images per step (default 32)")
+    add_deprecated(p, "--batch", "--batch-size", dest="batch", type=Number(int, min=1))
     p.add_argument("--mode", type=_csv(), default=["inference", "training"],
                    help="comma list of inference,training (default both)")
     p.add_argument("--precision", type=_csv(), default=["bf16"], help="comma list of fp32,bf16 (default bf16)")
@@ -68,19 +72,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "row alike; see vitkit/perf.py)")
     p.add_argument("--grad-checkpointing", action="store_true", help="vitkit training: checkpoint every block")
     p.add_argument("--channels-last", action="store_true", help="vitkit inference: channels_last input/model")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row (compilation happens here)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per row; the median is reported")
-    p.add_argument("--min-time", type=float, default=0.0,
+    p.add_argument("--device", type=device, default="auto", help="auto (default: CUDA if available), cpu, cuda, "
+                   "cuda:N")
+    p.add_argument("--threads", type=Number(int, min=1), default=None, metavar="N",
+                   help="torch.set_num_threads (CPU)")
+    p.add_argument("--warmup", type=Number(int, min=0), default=2, metavar="N",
+                   help="untimed steps per row (compilation happens here)")
+    p.add_argument("--repeats", type=Number(int, min=1), default=5, metavar="N",
+                   help="timed repeats per row; the median is reported")
+    p.add_argument("--min-time", type=Number(float, min=0), default=0.0, metavar="SECONDS",
                    help="seconds per repeat: short steps are run several times per repeat (default 0: one)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--ceiling-n", type=int, default=None, help="matmul size for the ceiling (2048 CPU, 8192 GPU)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write all results as JSON")
+    p.add_argument("--ceiling-n", type=Number(int, min=1), default=None, metavar="N",
+                   help="matmul size for the ceiling (2048 CPU, 8192 GPU)")
+    p.add_argument("--out", dest="json", default=None, metavar="PATH", help="also write all results as JSON to PATH")
+    add_deprecated(p, "--json", "--out", dest="json")
     p.add_argument("--decode", default=None, metavar="SPEC",
                    help="instead of a model: JPEG decoding throughput of a dataset, e.g. imagefolder:PATH")
-    p.add_argument("--workers", type=_csv(int), default=[0, 1, 2], help="--decode: worker counts (default 0,1,2)")
-    p.add_argument("--decode-batches", type=int, default=None, help="--decode: stop after this many batches")
+    p.add_argument("--workers", type=_csv(Number(int, min=0)), default=[0, 1, 2],
+                   help="--decode: worker counts (default 0,1,2)")
+    p.add_argument("--decode-batches", type=Number(int, min=1), default=None, metavar="N",
+                   help="--decode: stop after this many batches")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -249,6 +261,10 @@ def run_decode(args, log) -> int:
 
 def run(args) -> int:
     log = _log(args)
+    if args.json:
+        from ..flags import check_writable
+
+        check_writable(args.json, "--out")  # before the measurements, not after them
     if args.keep_freed_memory:  # every row of the run alike, peers included (vitkit/perf.py)
         from ..perf import keep_freed_memory
 

@@ -35,11 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", choices=sorted(WRITERS), default=None,
                    help="output format (default: from OUT's suffix: .npz -> npz, .safetensors/.pth -> timm, "
                         "otherwise a vitkit checkpoint directory)")
-    p.add_argument("--image-size", type=int, default=None,
+    from ..flags import Number
+
+    p.add_argument("--image-size", type=Number(int, min=1), default=None, metavar="N",
                    help="resolution to convert for; position embeddings are interpolated (official method)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=Number(int, min=1), default=None, metavar="N",
                    help="class count; a different count than the source's gives a new zero-initialised head")
-    p.add_argument("--num-heads", type=int, default=None,
+    p.add_argument("--num-heads", type=Number(int, min=1), default=None, metavar="N",
                    help="attention heads of a timm state dict without vitkit metadata (no tensor shape holds it; "
                         "default: the paper's count for the width)")
 

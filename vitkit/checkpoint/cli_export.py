@@ -34,13 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="any checkpoint vitkit reads (vitkit dir, official .npz, HF folder, timm)")
     p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     p.add_argument("out", help="output file (.onnx, .pt, .pt2)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    from ..flags import Number
+
+    p.add_argument("--opset", type=Number(int, min=7), default=18, help="ONNX opset (default 18)")
     p.add_argument("--verify-dataset", default=None, metavar="NAME",
                    help="compare top-1 of the exported model (in its runtime) and PyTorch on this dataset's test "
                         "split, e.g. embedded, fashion-mnist, cifar10, imagefolder:PATH")
-    p.add_argument("--verify-limit", type=int, default=None, help="use only the first N test images")
-    p.add_argument("--batch-size", type=int, default=100, help="batch size for verification (default 100)")
-    p.add_argument("--max-top1-gap", type=float, default=0.1,
+    p.add_argument("--verify-limit", type=Number(int, min=1), default=None, metavar="N",
+                   help="use only the first N test images")
+    p.add_argument("--batch-size", type=Number(int, min=1), default=100, metavar="N",
+                   help="images per forward pass when verifying (default 100)")
+    p.add_argument("--max-top1-gap", type=Number(float, min=0), default=0.1, metavar="POINTS",
                    help="fail if the two top-1 accuracies differ by more than this many points (default 0.1)")
 
 
@@ -152,8 +156,10 @@ def compare_top1(model, run, dataset, batch_size: int = 100, limit=None) -> dict
 
 
 def run(args) -> int:
+    from ..flags import check_writable
     from .io import load
 
+    check_writable(args.out, "OUT")  # before the export, not after it
     model = load(args.checkpoint).float().eval()
     out = export(model, args.format, args.out, args.opset)
     rt = runtime(args.format, out)

@@ -11,6 +11,7 @@ import json
 import time
 
 from ..errors import UserError
+from ..flags import Number, device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "cifar100 or imagefolder:PATH")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=Number(int, min=1), default=256, metavar="N",
+                   help="images per forward pass (default 256)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes (image folders)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--device", type=device, default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=Number(int, min=0), default=0, metavar="N",
+                   help="data-loading processes (image folders)")
+    p.add_argument("--limit", type=Number(int, min=1), default=None, metavar="N", help="only the first N examples")
     p.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="test-time augmentation: flip = average the predictions for each image and its mirror "
                         "(mirror-invariant classes only; reported as such)")

@@ -11,31 +11,35 @@ import torch
 
 
 def add_arguments(p):
+    from ..flags import Number, add_deprecated
+
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
     p.add_argument("--dataset", required=True, help="dataset spec (embedded, mnist, fashion-mnist, cifar10, "
                    "cifar100, imagefolder:PATH)")
     p.add_argument("--split", default="train", help="train or test (default: train)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="a fixed random subset of this many images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--sample", type=Number(int, min=1), default=None, metavar="N",
+                   help="a fixed random subset of N images (seed --seed), in dataset order")
+    add_deprecated(p, "--limit", "--sample", type=Number(int, min=1))  # its old name: a random subset
+    p.add_argument("--seed", type=Number(int, min=0), default=0, help="seed of the --sample subset (default 0)")
+    p.add_argument("--batch-size", type=Number(int, min=1), default=256, metavar="N",
+                   help="images per forward pass (default 256)")
     p.add_argument("--out", required=True, help="output .npy path (labels go to OUT.labels.npy, metadata to OUT.json)")
 
 
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
     import vitkit
-    from ..errors import UserError
+    from ..flags import check_writable
     from .features import extract_features, load_split, save_features
 
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise UserError("--batch-size and --limit must be positive")
+    check_writable(args.out, "--out")  # before the work, not after it
     t0 = time.perf_counter()
     model = vitkit.load(args.checkpoint)
-    images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.limit, args.seed)
+    images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.sample, args.seed)
     feats = extract_features(model, images, args.batch_size)
     files = save_features(args.out, feats, labels, {
-        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "limit": args.limit,
+        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "sample": args.sample,
         "seed": args.seed, "representation": "pre-logits (forward_pre_logits of the final tokens)",
         "class_names": names})
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {files['features']} (labels: {files['labels']}, "

@@ -26,22 +26,30 @@ def _ints(s: str) -> list[int]:
 
 
 def add_arguments(p):
+    from ..flags import Number, add_deprecated
+
     p.add_argument("checkpoint", nargs="?", help="checkpoint (not needed with --train/--test-features)")
     p.add_argument("--dataset", help="dataset spec (embedded, mnist, fashion-mnist, cifar10, cifar100, "
                    "imagefolder:PATH)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--shots", default="1,5,10,25", help="examples per class (default: 1,5,10,25)")
-    p.add_argument("--draws", type=int, default=3, help="random draws per shot count, seeds 0..n-1 (default: 3)")
-    p.add_argument("--val-size", type=int, default=1000,
+    p.add_argument("--draws", type=Number(int, min=1), default=3,
+                   help="random draws per shot count, seeds 0..n-1 (default: 3)")
+    p.add_argument("--val-size", type=Number(int, min=1), default=1000,
                    help="held-out training images for choosing the regulariser (default: 1000)")
-    p.add_argument("--train-limit", type=int, default=None, help="use a fixed random subset of the train split")
-    p.add_argument("--test-limit", type=int, default=None, help="use a fixed random subset of the test split")
+    p.add_argument("--sample-train", type=Number(int, min=1), default=None, metavar="N",
+                   help="a fixed random subset of N images of the train split")
+    p.add_argument("--sample-test", type=Number(int, min=1), default=None, metavar="N",
+                   help="a fixed random subset of N images of the test split")
+    add_deprecated(p, "--train-limit", "--sample-train", type=Number(int, min=1))  # old names, same meaning
+    add_deprecated(p, "--test-limit", "--sample-test", type=Number(int, min=1))
     p.add_argument("--baselines", default="ridge,knn",
                    help="comma list of ridge (linear probe, all train features), logreg, knn; 'none' for none")
     p.add_argument("--knn", default="1,10", help="k values of the k-NN baseline (default: 1,10)")
     p.add_argument("--train-features", help="F.npy from `vitkit features` (with F.labels.npy next to it)")
     p.add_argument("--test-features", help="G.npy from `vitkit features --split test`")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=Number(int, min=1), default=256, metavar="N",
+                   help="images per forward pass (default 256)")
     p.add_argument("--out", default="fewshot.json", help="JSON results (default: fewshot.json)")
 
 
@@ -61,8 +69,10 @@ def _load_npy(path: str):
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
     from ..errors import UserError
+    from ..flags import check_writable
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
+    check_writable(args.out, "--out")  # before the work, not after it
     t0 = time.perf_counter()
     shots, knn_ks = _ints(args.shots), _ints(args.knn)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
@@ -84,8 +94,8 @@ def run(args) -> int:
         from .features import extract_features, load_split
 
         model = vitkit.load(args.checkpoint)
-        tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.train_limit)
-        te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.test_limit)
+        tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.sample_train)
+        te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.sample_test)
         xtr = extract_features(model, tr_img, args.batch_size)
         xte = extract_features(model, te_img, args.batch_size)
         source = f"{args.checkpoint} on {args.dataset}"

@@ -18,8 +18,11 @@ from ..errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory or file (vitkit, Hugging Face, official .npz, timm)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
-    p.add_argument("--device", default="cpu")
+    from ..flags import Number, device
+
+    p.add_argument("--topk", type=Number(int, min=1), default=5, metavar="K",
+                   help="how many classes to show per image (default 5)")
+    p.add_argument("--device", type=device, default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     p.add_argument("--explain", metavar="OUT.png", default=None,
                    help="also write an attention-rollout explanation of the first image to this file")
@@ -51,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--explain is not available in this installation (vitkit.analysis.explain is "
                             "missing)") from None
-    model = load(args.checkpoint, device=args.device)
+    from ..train.distributed import resolve_device
+
+    model = load(args.checkpoint, device=resolve_device(args.device))
     results = predict(model, images, args.topk)
     for path, res in zip(args.images, results):
         if args.json:

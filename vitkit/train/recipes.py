@@ -55,8 +55,10 @@ class Recipe:
     # (measured in benchmarks/README.md). A pre-trained (--init) model keeps the GELU it was trained with.
     gelu: Optional[str] = flag(None, "GELU of a fresh model: tanh approximation (the official code's; the "
                                "variants' default) or exact erf (faster on CPU)", choices=("tanh", "erf"), group=WHAT)
-    epochs: float = flag(5, "passes over the training set", type=Number(float, above=0), group=LONG)
-    steps: Optional[int] = flag(None, "optimizer steps (wins over --epochs)", type=Number(int, min=1), group=LONG)
+    epochs: float = flag(5, "passes over the training set", type=Number(float, above=0), group=LONG,
+                       resumable=True)
+    steps: Optional[int] = flag(None, "optimizer steps (wins over --epochs)", type=Number(int, min=1), group=LONG,
+                                resumable=True)
     batch_size: int = flag(128, "global batch size, the same for any number of processes and accumulation steps",
                            type=Number(int, min=1), group=LONG)
     optimizer: str = flag("adamw", "adamw (decoupled weight decay) or sgd (momentum)", choices=("adamw", "sgd"),
