@@ -233,3 +233,17 @@ def test_unwritable_output_is_one_line_before_the_work(tmp_path, capsys, argv):
     argv = [a.replace("BLOCK", str(block)).replace("CKPT", str(tmp_path / "missing")) for a in argv]
     line = error_line(capsys, argv)
     assert str(block) in line and "missing" not in line
+
+
+def test_a_run_saved_before_these_flags_existed_resumes(tmp_path):
+    """train_state.pt written by earlier versions has no --overwrite in its settings (and may have keys that are
+    gone): --resume still reads it, and extends the run."""
+    out = tmp_path / "old"
+    assert cli.main(["train", *TINY, "--steps", "2", "--out", str(out)]) == 0
+    f = out / "checkpoint" / "train_state.pt"
+    state = torch.load(f, weights_only=True)
+    del state["settings"]["overwrite"]
+    state["settings"]["a_setting_since_removed"] = 1
+    torch.save(state, f)
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
+    assert load_train_state(out / "checkpoint")["step"] == 3 and len(losses(out)) == 3

@@ -3,13 +3,8 @@ the same name (``--weight-decay`` sets ``weight_decay``, ...); the loop (loop.py
 
 * ``default``  -- what ``vitkit train`` with no arguments runs: ViT-Mini/7 on the embedded 30k/2k Fashion-MNIST
   subset, AdamW (lr 1e-3, wd 0.05) + 1 warmup epoch + cosine, batch 128, 5 epochs, flips, label smoothing 0.1,
-  bf16 autocast, explicit attention on CPU. 150k training images: ~2.7 minutes at the ~940 img/s this model
-  trains at on 2 idle CPU cores. What decided it (measured, 120k images seen in each run, 2,000 test images):
-  with the earlier 10k-image subset every variant tried plateaued at 82-85 % (seed spread +-0.8): no
-  augmentation 82.8 %, label smoothing 0.2-0.4, dropout 0.1, weight decay 0.1/0.3, lr 5e-4/2e-3, batch 64/256,
-  15 epochs 84.0 %, GAP, GAP + sincos2d, pad-crops of 1-4 px (slower to learn), RandAugment(2, 5) 80.5 %, no
-  flips 82.0 %, ViT-Mini/4 82.8 % at 2-3x the cost. More distinct images is what helped: 30k images x 4 epochs
-  85.85 % (batch 256 / lr 2e-3 x 5 epochs: 84.95 %), all 60k x 2 epochs 85.45 %.
+  bf16 autocast, explicit attention on CPU: a few minutes on a laptop CPU. Why these values (the variants tried,
+  and their accuracies) is in benchmarks/README.md, "The default recipe: what decided it".
 * ``pretrain`` -- paper section 4.1 / Table 3 (upstream training): Adam with beta1 0.9, beta2 0.999, weight decay
   0.1, linear warmup then linear decay. The paper's "high weight decay" is applied *decoupled* from the gradient,
   AdamW-style (torch.optim.AdamW: ``p -= lr * wd * p`` each step, as big_vision does it); it is not an L2 term
