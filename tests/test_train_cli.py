@@ -247,3 +247,18 @@ def test_a_run_saved_before_these_flags_existed_resumes(tmp_path):
     torch.save(state, f)
     assert cli.main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 0
     assert load_train_state(out / "checkpoint")["step"] == 3 and len(losses(out)) == 3
+
+
+def test_init_checkpoint_is_read_once(tmp_path, monkeypatch):
+    """Fine-tuning on an image folder reads the --init checkpoint once (the folder's decode size comes from it)."""
+    import vitkit.checkpoint.io as io
+
+    assert cli.main(["train", *TINY, "--steps", "1", "--out", str(tmp_path / "pre")]) == 0
+    _image_folder(tmp_path / "folder")
+    real_load, calls = io.load, []
+    monkeypatch.setattr(io, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+    r = train(TrainSettings(model="ViT-testing/4", init=str(tmp_path / "pre" / "checkpoint"), batch_size=6, steps=1,
+                            dataset=f"imagefolder:{tmp_path / 'folder'}", precision="fp32", progress=False,
+                            out=str(tmp_path / "ft")))
+    assert calls == [str(tmp_path / "pre" / "checkpoint")] and r["steps"] == 1
+    assert vitkit.load(r["checkpoint"]).cfg.image_size == 28  # decoded at the checkpoint's size
