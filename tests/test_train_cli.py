@@ -113,7 +113,8 @@ def _image_folder(root, n=6):
             d = root / split / f"class{c}"
             d.mkdir(parents=True)
             for i in range(n):
-                arr = (np.array(colour) * rng.uniform(0.5, 1.0)).astype(np.uint8)[None, None].repeat(32, 0).repeat(32, 1)
+                rgb = (np.array(colour) * rng.uniform(0.5, 1.0)).astype(np.uint8)
+                arr = rgb[None, None].repeat(32, 0).repeat(32, 1)
                 Image.fromarray(arr).save(d / f"{i}.png")
 
 

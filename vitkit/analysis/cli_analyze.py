@@ -34,9 +34,10 @@ def add_arguments(p):
                    "--dataset is given)")
     p.add_argument("--num-images", type=Number(int, min=1), default=256, metavar="N",
                    help="dataset images averaged in the mean attention distance (default: 256)")
-    p.add_argument("--show", type=Number(int, min=1), default=8, metavar="N", help="dataset images drawn in the attention figures when no "
-                   "--images are given (default: 8, one per class first)")
-    p.add_argument("--filters", type=Number(int, min=1), default=28, metavar="N", help="principal components of the filters shown (28)")
+    p.add_argument("--show", type=Number(int, min=1), default=8, metavar="N", help="dataset images drawn in the "
+                   "attention figures when no --images are given (default: 8, one per class first)")
+    p.add_argument("--filters", type=Number(int, min=1), default=28, metavar="N",
+                   help="principal components of the filters shown (28)")
     p.add_argument("--batch-size", type=Number(int, min=1), default=64, metavar="N",
                    help="images per forward pass (default 64)")
     p.add_argument("--seed", type=Number(int, min=0), default=0, help="which dataset images are sampled (default: 0)")

@@ -1,6 +1,6 @@
 """`vitkit train`: a recipe's defaults, overridden by any flag given.
 
-    vitkit train                                   # ViT-Mini/7 on the embedded Fashion-MNIST subset, a few minutes on CPU
+    vitkit train                                   # ViT-Mini/7, embedded Fashion-MNIST subset, minutes on CPU
     vitkit train --dataset fashion-mnist --epochs 5
     vitkit train --recipe pretrain --model ViT-S/16 --dataset imagefolder:~/photos --batch-size 512 --accum-steps 8
     vitkit train --init runs/embedded/checkpoint --dataset cifar10 --image-size 56   # fine-tune (recipe finetune)
