@@ -1,5 +1,9 @@
 """`vitkit models`: every listed variant with its parameter count (1000 classes unless --num-classes) and
-forward GFLOPs at its default (or the given) image size. Built on the meta device: no memory, no time."""
+forward GFLOPs at its default (or the given) image size. Built on the meta device: no memory, no time.
+
+`vitkit models --pretrained`: every pre-trained model vitkit knows by name (vitkit/checkpoint/hub.py): the ones
+shipped inside the package and the official downloads, with dataset, image size, parameters, published ImageNet
+top-1 where known, and URL. Each name works wherever a checkpoint path does."""
 
 from __future__ import annotations
 
@@ -15,10 +19,32 @@ from .model import create_model
 def add_arguments(p):
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=None, help="default: 224 for paper variants, 28/32 for small")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the pre-trained models (shipped and downloadable) instead of the variants")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (with --pretrained: a list of objects, one per model)")
+
+
+def run_pretrained(args) -> int:
+    from .checkpoint.hub import registry
+
+    rows = [p.to_dict() for p in registry().values()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(len(r["name"]) for r in rows) + 2
+    print(f"{'name':<{width}}{'dataset':<26}{'image':>6}{'classes':>8}{'params':>14}{'top-1':>8}  source")
+    for r in rows:
+        top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+        print(f"{r['name']:<{width}}{r['dataset'] or '-':<26}{r['image_size']:>6}{r['num_classes']:>8}"
+              f"{r['params']:>14,}{top1:>8}  {'shipped' if r['shipped'] else r['url']}")
+    print("(top-1: ImageNet accuracy in % as published; any name above works wherever a checkpoint path does)")
+    return 0
 
 
 def run(args) -> int:
+    if args.pretrained:
+        return run_pretrained(args)
     rows = []
     for name in [f"ViT-{v}" for v in LISTED] + list(hybrid_variants()):
         size = args.image_size or variant_config(name).image_size

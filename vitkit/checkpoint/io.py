@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ..config import ViTConfig
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from .hub import resolve
 
 CONFIG, WEIGHTS, TRAIN_STATE = "config.json", "model.safetensors", "train_state.pt"
 FORMAT_VERSION = 1
@@ -187,7 +188,7 @@ FORMATS: list[tuple[str, Callable[[Path], bool], str]] = [
 
 
 def detect_format(path) -> str:
-    p = Path(path)
+    p = resolve(path)
     if not p.exists() and not _existing(p).exists():
         raise UserError(f"checkpoint {path} does not exist")
     for name, detect, _ in FORMATS:
@@ -199,7 +200,9 @@ def detect_format(path) -> str:
 
 def load(path, device="cpu", **kwargs):
     """Load any checkpoint vitkit reads and return the model (eval mode) with `.preprocess` (PIL -> tensor),
-    `.class_names` and `.source_format` attached. kwargs go to the format's reader (e.g. image_size=384)."""
+    `.class_names` and `.source_format` attached. kwargs go to the format's reader (e.g. image_size=384).
+    `path` may also be a pre-trained name or an http(s) URL (vitkit/checkpoint/hub.py)."""
+    path = resolve(path)
     fmt = detect_format(path)
     target = dict((n, t) for n, _, t in FORMATS)[fmt]
     mod, fn = target.split(":")

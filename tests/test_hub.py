@@ -1,0 +1,366 @@
+"""Pre-trained weights by name and by URL (vitkit/checkpoint/hub.py): the registry against the official listing,
+shipped models found by scanning the package folder, and downloads from a real HTTP server on 127.0.0.1 (complete,
+truncated, 404, slow, stalled, killed mid-download, no server at all) -- never the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vitkit
+from vitkit.checkpoint import hub
+from vitkit.cli import main
+from vitkit.errors import UserError
+
+FIX = Path(__file__).parent / "fixtures"
+BODY = (FIX / "vit_token.npz").read_bytes()  # a small official-format checkpoint
+
+
+class Server:
+    """A real HTTP server on 127.0.0.1. routes: path -> (body, mode); mode "ok", "truncate" (announces the whole
+    length, sends half, closes), "slow" (eight pieces, 50 ms apart) or "stall" (one piece, then silence)."""
+
+    def __init__(self):
+        self.routes, self.hits = {}, {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                if self.path not in server.routes:
+                    self.send_error(404, "Not Found")
+                    return
+                body, mode = server.routes[self.path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mode == "ok":
+                    self.wfile.write(body)
+                elif mode == "truncate":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                else:
+                    pieces = np.array_split(np.frombuffer(body, np.uint8), 8)
+                    for p in pieces if mode == "slow" else pieces[:1]:
+                        self.wfile.write(p.tobytes())
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                    if mode == "stall":
+                        time.sleep(30)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def serve(self, path, body=BODY, mode="ok"):
+        self.routes[path] = (body, mode)
+        return self.base + path
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VITKIT_PROGRESS", raising=False)
+    monkeypatch.delenv("VITKIT_DOWNLOAD_TIMEOUT", raising=False)
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "no-weights")  # independent of what the package ships
+    return tmp_path / "cache"
+
+
+def closed_port_url(path="/x.npz"):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def leftovers(folder: Path):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+# -- the registry -------------------------------------------------------------------------------------------------
+PAPER_I21K = ["ViT-B_16", "ViT-B_32", "ViT-L_16", "ViT-L_32", "ViT-H_14", "R50+ViT-B_16"]
+PAPER_FT = {"ViT-B_16": 384, "ViT-B_16-224": 224, "ViT-B_32": 384, "ViT-L_16": 384, "ViT-L_16-224": 224,
+            "ViT-L_32": 384, "R50+ViT-B_16": 384}
+# The README's AugReg table: fine-tuned file name -> ImageNet top-1 (%)
+AUGREG_TOP1 = {
+    "L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384": 85.59,
+    "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384": 85.49,
+    "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384": 83.73,
+    "R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384": 85.99,
+    "R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384": 83.85,
+    "Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384": 78.22,
+    "B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384": 83.59,
+    "S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_384": 79.58,
+    "R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384": 75.40,
+}
+
+
+def test_registry_names_urls_sizes_and_top1():
+    reg = hub.registry()
+    expected = ({f"imagenet21k/{f}" for f in PAPER_I21K} | {f"imagenet21k+imagenet2012/{f}" for f in PAPER_FT}
+                | {f"augreg/{f}" for f in AUGREG_TOP1} | {f"augreg/{f.split('--')[0]}" for f in AUGREG_TOP1})
+    assert set(reg) == expected and len(reg) == 6 + 7 + 18
+    for name, p in reg.items():
+        assert p.url == f"https://storage.googleapis.com/vit_models/{name}.npz" and not p.shipped
+        assert p.sha256 is None  # none is published; never invented
+        assert p.image_size == (PAPER_FT[name.split("/")[1]] if name.startswith("imagenet21k+") else
+                                384 if "--imagenet2012" in name else 224)
+        assert p.num_classes == (1000 if "imagenet2012" in name else 21843)
+        assert p.top1 == AUGREG_TOP1.get(name.removeprefix("augreg/"))
+    assert reg["imagenet21k/R50+ViT-B_16"].variant == "R50+ViT-B/16"
+    assert reg["imagenet21k/ViT-H_14"].representation_size == 1280  # the paper's i21k files keep the pre-logits
+
+
+# Official file sizes (vit_jax.ipynb `gsutil ls -lh`, README AugReg table): float32 weights are 4 bytes per
+# parameter, so the registry's architecture (classes, pre-logits, resolution) must match within rounding.
+LISTED_MIB = {
+    "imagenet21k/ViT-B_16": "393.69 MiB", "imagenet21k/ViT-B_32": "400.01 MiB", "imagenet21k/ViT-L_16": "1.22 GiB",
+    "imagenet21k/ViT-L_32": "1.23 GiB", "imagenet21k/ViT-H_14": "2.46 GiB", "imagenet21k/R50+ViT-B_16": "439.85 MiB",
+    "imagenet21k+imagenet2012/ViT-B_16": "331.4 MiB", "imagenet21k+imagenet2012/ViT-B_16-224": "330.29 MiB",
+    "imagenet21k+imagenet2012/ViT-B_32": "336.89 MiB", "imagenet21k+imagenet2012/ViT-L_16": "1.14 GiB",
+    "imagenet21k+imagenet2012/ViT-L_16-224": "1.13 GiB", "imagenet21k+imagenet2012/ViT-L_32": "1.14 GiB",
+    "imagenet21k+imagenet2012/R50+ViT-B_16": "377.57 MiB",
+    "augreg/L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0": "1243 MiB",
+    "augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0": "391 MiB",
+    "augreg/S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0": "115 MiB",
+    "augreg/R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1": "1337 MiB",
+    "augreg/R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0": "170 MiB",
+    "augreg/Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0": "37 MiB",
+    "augreg/B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0": "398 MiB",
+    "augreg/S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0": "118 MiB",
+    "augreg/R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0": "40 MiB",
+}
+
+
+def test_params_match_the_official_file_sizes():
+    reg = hub.registry()
+    for name, listed in LISTED_MIB.items():
+        number, unit = listed.split()
+        scale = 1024 if unit == "GiB" else 1
+        mib = float(number) * scale
+        # the listing's rounding, plus 0.2 % for the arrays that are not parameters: less than the 2.25 MiB of
+        # ViT-B's pre-logits layer, so a wrong head shows
+        tol = 0.5 * 10 ** -len(number.partition(".")[2]) * scale + 0.002 * mib
+        assert abs(reg[name].params() * 4 / 2**20 - mib) < tol, name
+    assert reg["imagenet21k+imagenet2012/ViT-B_16-224"].params() == 86_567_656  # timm vit_base_patch16_224
+
+
+def test_models_pretrained_json(capsys):
+    assert main(["models", "--pretrained", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert isinstance(rows, list) and len(rows) == 31
+    for r in rows:
+        assert {"name", "shipped", "dataset", "image_size", "params", "top1", "url"} <= set(r)
+    b16 = next(r for r in rows if r["name"] == "imagenet21k+imagenet2012/ViT-B_16")
+    assert (b16["shipped"], b16["image_size"], b16["params"], b16["top1"]) == (False, 384, 86_859_496, None)
+    assert main(["models", "--pretrained"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 1 + 31 + 1 and table[0].split()[:2] == ["name", "dataset"]
+    assert any(line.startswith("augreg/Ti_16-") and " 78.22 " in line for line in table)
+
+
+def make_shipped(folder: Path, name="vit-tiny-fmnist", **extra):
+    from vitkit.data.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("ViT-testing/4", num_classes=10, image_size=28, in_chans=1)
+    pre = Preprocess(image_size=28, channels=1, mean=(0.5,), std=(0.5,))
+    vitkit.save_checkpoint(folder / name, model, pre, [f"c{i}" for i in range(10)], extra=extra)
+    (folder / name / "MODEL_CARD.md").write_text("# test model\n")
+    return model
+
+
+def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "weights"
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    assert hub.shipped() == []  # no folder: nothing shipped
+    model = make_shipped(weights, dataset="fashion-mnist", top1=12.5)
+    (weights / "half-written").mkdir()  # no weights in it: not a model
+    (weights / "half-written" / "config.json").write_text("{}")
+    assert [p.name for p in hub.shipped()] == ["vit-tiny-fmnist"]
+    assert main(["models", "--pretrained", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 32 and sum(r["shipped"] for r in rows) == 1
+    mine = rows[0]
+    assert (mine["name"], mine["shipped"], mine["dataset"], mine["image_size"], mine["top1"], mine["url"]) == (
+        "vit-tiny-fmnist", True, "fashion-mnist", 28, 12.5, None)
+    assert mine["params"] == model.num_params()
+    assert same_weights(vitkit.load("vit-tiny-fmnist"), model)
+
+
+def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "weights")
+    make_shipped(tmp_path / "weights")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(img)
+    assert main(["eval", "vit-tiny-fmnist", "--limit", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 32
+    assert main(["predict", "vit-tiny-fmnist", str(img), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["top"][0]["class"].startswith("c")
+    assert main(["convert", "vit-tiny-fmnist", str(tmp_path / "copy")]) == 0
+    assert same_weights(vitkit.load(tmp_path / "copy"), vitkit.load("vit-tiny-fmnist"))
+    assert main(["train", "--init", "vit-tiny-fmnist", "--steps", "2", "--batch-size", "16", "--limit-train", "32",
+                 "--limit-test", "32", "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_a_local_path_wins_over_a_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hub, "BUCKET", closed_port_url("/vit_models/"))  # a download would fail loudly
+    model = make_shipped(tmp_path / "imagenet21k", name="ViT-B_16")
+    assert same_weights(vitkit.load("imagenet21k/ViT-B_16"), model)
+
+
+def test_unknown_names_are_refused_with_the_nearest_ones():
+    with pytest.raises(UserError, match=r"does not exist.*did you mean imagenet21k/ViT-B_16\b.*--pretrained"):
+        vitkit.load("imagenet21k/ViT-B_61")
+    with pytest.raises(UserError, match="does not exist") as e:
+        vitkit.load("runs/none/checkpoint")
+    assert "did you mean" not in str(e.value)
+
+
+def test_every_augreg_index_file_resolves_by_name():
+    name = "augreg/B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224"
+    p = hub.lookup(name)
+    assert (p.url, p.variant, p.image_size) == (f"{hub.BUCKET}{name}.npz", "ViT-B/8", 224)
+    assert hub.lookup("augreg/X_99-i21k") is None and hub.lookup("augreg/../../etc") is None
+
+
+# -- downloads ----------------------------------------------------------------------------------------------------
+def test_url_download_is_cached_and_not_repeated(server, cache):
+    url = server.serve("/models/vit_token.npz")
+    model = vitkit.load(url)
+    assert same_weights(model, vitkit.load(FIX / "vit_token.npz")) and model.source_format == "official-npz"
+    dest = hub.cache_path(url)
+    assert dest == cache / f"127.0.0.1_{server.httpd.server_port}" / "models" / "vit_token.npz"
+    assert dest.read_bytes() == BODY and leftovers(cache) == ["vit_token.npz"]
+    vitkit.load(url)
+    assert main(["convert", url, str(cache.parent / "out")]) == 0
+    assert server.hits == {"/models/vit_token.npz": 1}
+
+
+def test_a_registry_name_downloads_from_its_official_url(server, monkeypatch):
+    monkeypatch.setattr(hub, "BUCKET", server.base + "/vit_models/")
+    server.serve("/vit_models/imagenet21k+imagenet2012/ViT-B_16.npz")
+    model = vitkit.load("imagenet21k+imagenet2012/ViT-B_16")
+    assert same_weights(model, vitkit.load(FIX / "vit_token.npz"))
+    server.routes.clear()  # cached: the server is not asked again
+    vitkit.load("imagenet21k+imagenet2012/ViT-B_16")
+    assert server.hits == {"/vit_models/imagenet21k+imagenet2012/ViT-B_16.npz": 1}
+
+
+def test_truncated_download_keeps_nothing_and_a_rerun_succeeds(server, cache):
+    url = server.serve("/t.npz", mode="truncate")
+    with pytest.raises(UserError, match=r"cannot download .*/t\.npz \(truncated"):
+        hub.download(url)
+    assert leftovers(cache) == []
+    server.serve("/t.npz")
+    assert hub.download(url).read_bytes() == BODY and server.hits["/t.npz"] == 2
+
+
+def test_404_is_one_line_naming_the_url_and_the_cache_path(server, cache, capsys):
+    url = server.base + "/missing.npz"
+    assert main(["convert", url, str(cache.parent / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitkit: error: cannot download " + url)
+    assert "HTTP 404" in err[0] and str(hub.cache_path(url)) in err[0]
+    assert leftovers(cache) == [] and not (cache.parent / "out").exists()
+
+
+def test_without_network_one_line_says_where_to_put_the_file(cache, capsys):
+    url = closed_port_url("/vit_models/imagenet21k/ViT-B_16.npz")
+    assert main(["eval", url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and url in err[0] and f"put it at {hub.cache_path(url)}" in err[0]
+    hub.cache_path(url).parent.mkdir(parents=True, exist_ok=True)  # put there by hand: used without asking the network
+    hub.cache_path(url).write_bytes(BODY)
+    assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
+
+
+def test_slow_server_with_a_progress_bar_on_stderr(server, capsys):
+    url = server.serve("/slow.npz", mode="slow")
+    assert hub.download(url, progress=True).read_bytes() == BODY
+    err = capsys.readouterr().err
+    assert "slow.npz" in err and "100%" in err
+    hub.cache_path(url).unlink()
+    hub.download(url)  # stderr is not a terminal here and nobody asked: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_a_stalled_server_times_out_and_keeps_nothing(server, cache, monkeypatch):
+    monkeypatch.setenv("VITKIT_DOWNLOAD_TIMEOUT", "0.5")
+    url = server.serve("/stall.npz", mode="stall")
+    t = time.time()
+    with pytest.raises(UserError, match=r"cannot download .*timed out"):
+        hub.download(url)
+    assert time.time() - t < 10 and leftovers(cache) == []
+
+
+def test_size_and_sha256_are_checked(server, cache):
+    url = server.serve("/s.npz")
+    with pytest.raises(UserError, match="announces"):
+        hub.download(url, size=len(BODY) + 1)
+    with pytest.raises(UserError, match="sha256"):
+        hub.download(url, sha256="0" * 64)
+    assert leftovers(cache) == []
+    assert hub.download(url, sha256=hashlib.sha256(BODY).hexdigest(), size=len(BODY)).read_bytes() == BODY
+
+
+def test_a_killed_download_leaves_nothing_trusted_and_a_rerun_completes(server, cache):
+    url = server.serve("/k.npz", mode="stall")
+    env = dict(os.environ, VITKIT_CACHE=str(cache), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", f"import vitkit; vitkit.load({url!r})"], env=env,
+                            stderr=subprocess.PIPE)
+    part = hub.cache_path(url).with_name("k.npz.part")
+    deadline = time.time() + 60
+    while not (part.exists() and part.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.05)
+    assert part.exists() and 0 < part.stat().st_size < len(BODY), "the download never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not hub.cache_path(url).exists()  # only the .part file, which nothing loads
+    with pytest.raises(UserError, match="does not exist|not a checkpoint"):
+        vitkit.load(part)  # not even by its own name: it has no format suffix
+    server.serve("/k.npz")
+    assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
+    assert server.hits["/k.npz"] == 2 and leftovers(cache) == ["k.npz"]
+
+
+def test_urls_naming_no_readable_file_are_refused_before_any_request(server):
+    for path in ("/model.onnx", "/folder/", "/"):
+        with pytest.raises(UserError, match="URL"):
+            vitkit.load(server.base + path)
+    assert server.hits == {}
+    a, b = hub.cache_path("https://h/m.npz?v=1"), hub.cache_path("https://h/m.npz?v=2")
+    assert a != b and a.suffix == b.suffix == ".npz"

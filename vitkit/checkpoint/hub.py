@@ -1,0 +1,344 @@
+"""Pre-trained weights by name or by URL: the registry of checkpoints vitkit knows, and downloads into a cache.
+
+`resolve` turns a checkpoint argument into a local path; `vitkit.load` calls it, so a name or a URL works
+wherever a checkpoint path does (train --init, eval, predict, analyze, fewshot, features, convert, export):
+
+    vitkit.load("imagenet21k+imagenet2012/ViT-B_16")     # the paper's ViT-B/16, fine-tuned on ImageNet at 384 px
+    vitkit.load("https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz")
+    vitkit train --init augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0 ...
+
+An existing local path always wins over a name. `vitkit models --pretrained` lists the names.
+
+Official names are the file paths in Google's `vit_models` bucket without ".npz", so a name and its URL are one
+thing: https://storage.googleapis.com/vit_models/<name>.npz. Sources, all in google-research/vision_transformer
+(commit c6de1e5):
+  - README.md, "Available ViT models": the buckets imagenet21k (pre-trained on ImageNet-21k) and
+    imagenet21k+imagenet2012 (then fine-tuned on ImageNet), and the table of recommended AugReg checkpoints
+    (pre-trained and fine-tuned file names, fine-tuning resolution, ImageNet top-1). Those AugReg figures are the
+    only top-1 the README states for a downloadable file, so the paper's files have none here.
+  - vit_jax.ipynb, whose `gsutil ls gs://vit_models/imagenet*` output lists the files of both paper buckets; the
+    fine-tuned ones are at 384 px as in the paper, except the two named "-224".
+  - vit_jax/configs/models.py: the architectures (the paper's ImageNet-21k files keep the pre-logits layer of the
+    pre-training head; fine-tuning drops it, vit_jax/checkpoint.py load_pretrained).
+  - vit_jax/checkpoint.py, get_augreg_df(): the AugReg index gs://vit_models/augreg/index.csv (759 pre-trained and
+    51,509 fine-tuned files, vit_jax_augreg.ipynb). Every file of that index works as "augreg/<filename>"; only the
+    README's recommended ones are listed.
+No sha256 is published for these files: a download is checked against the length the server announces.
+
+Shipped models live inside the package as native checkpoints, vitkit/weights/<name>/ (model.safetensors,
+config.json, MODEL_CARD.md); they are found by scanning that folder, so `shipped` is a fact about the installed
+package. Optional "dataset" and "top1" keys of the config.json are shown in the listing.
+
+Downloads go to $VITKIT_CACHE (default ~/.cache/vitkit)/<host>/<path of the URL>. Bytes are written to a ".part"
+file that is renamed into place only when complete and checked (length, and sha256 where known), so a killed or
+truncated download leaves nothing a later run trusts; a lock file lets only one process download a file at a time.
+A cached file is never downloaded again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import unquote, urlsplit
+
+from ..errors import UserError
+
+BUCKET = "https://storage.googleapis.com/vit_models/"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models: vitkit/weights/<name>/
+URL_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")  # single-file formats vitkit reads
+IMAGENET21K_CLASSES, IMAGENET_CLASSES = 21843, 1000
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One checkpoint vitkit knows by name."""
+
+    name: str
+    variant: str  # the vitkit variant name ("ViT-B/16", "R50+ViT-B/16")
+    dataset: Optional[str]  # what the weights were (last) trained on
+    image_size: int
+    num_classes: int
+    representation_size: Optional[int] = None  # width of the pre-logits layer, where the file has one
+    top1: Optional[float] = None  # ImageNet top-1 (%) as published, where known
+    url: Optional[str] = None  # downloadable ones
+    sha256: Optional[str] = None
+    size: Optional[int] = None  # bytes, where known
+    path: Optional[Path] = None  # shipped ones: the folder inside the package
+
+    @property
+    def shipped(self) -> bool:
+        return self.path is not None
+
+    def params(self) -> int:
+        """Parameter count of the architecture, counted on the meta device (no memory, no time)."""
+        import torch
+
+        from ..model import ViT, create_model
+
+        with torch.device("meta"):
+            if self.path is not None:
+                from ..config import ViTConfig
+
+                return ViT(ViTConfig.from_dict(_read_json(self.path / "config.json")["model"])).num_params()
+            return create_model(self.variant, num_classes=self.num_classes, image_size=self.image_size,
+                                representation_size=self.representation_size).num_params()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(shipped=self.shipped, params=self.params(), path=str(self.path) if self.path else None)
+        return d
+
+
+# -- the paper's checkpoints (README "Available ViT models", vit_jax.ipynb bucket listing) ---------------------------
+_PAPER = {  # file name -> vitkit variant, width (for the pre-logits layer of the ImageNet-21k files)
+    "ViT-B_16": ("ViT-B/16", 768), "ViT-B_32": ("ViT-B/32", 768), "ViT-L_16": ("ViT-L/16", 1024),
+    "ViT-L_32": ("ViT-L/32", 1024), "ViT-H_14": ("ViT-H/14", 1280), "R50+ViT-B_16": ("R50+ViT-B/16", 768),
+}
+_PAPER_FINETUNED = {  # imagenet21k+imagenet2012 file -> (file of the architecture, resolution); no H/14 is published
+    "ViT-B_16": ("ViT-B_16", 384), "ViT-B_16-224": ("ViT-B_16", 224), "ViT-B_32": ("ViT-B_32", 384),
+    "ViT-L_16": ("ViT-L_16", 384), "ViT-L_16-224": ("ViT-L_16", 224), "ViT-L_32": ("ViT-L_32", 384),
+    "R50+ViT-B_16": ("R50+ViT-B_16", 384),
+}
+
+# -- AugReg (README table of recommended checkpoints): model, pre-trained file, fine-tuned file suffix, top-1 -------
+_AUGREG_VARIANT = {  # first part of an AugReg file name (vit_jax/configs/models.py AUGREG_CONFIGS) -> vitkit variant
+    "Ti_16": "ViT-Ti/16", "S_16": "ViT-S/16", "S_32": "ViT-S/32", "B_8": "ViT-B/8", "B_16": "ViT-B/16",
+    "B_32": "ViT-B/32", "L_16": "ViT-L/16", "R_Ti_16": "R+ViT-Ti/16", "R26_S_32": "R26+ViT-S/32",
+    "R26_B_32": "R26+ViT-B/32", "R50_L_32": "R50+ViT-L/32",
+}
+_AUGREG = [  # (pre-trained file, fine-tuning suffix at 384 px, ImageNet top-1 of the fine-tuned file)
+    ("L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.01-res_384", 85.59),
+    ("B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.03-res_384", 85.49),
+    ("S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0", "steps_20k-lr_0.03-res_384", 83.73),
+    ("R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1", "steps_20k-lr_0.01-res_384", 85.99),
+    ("R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.01-res_384", 83.85),
+    ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0", "steps_20k-lr_0.03-res_384", 78.22),
+    ("B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.01-res_384", 83.59),
+    ("S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.01-res_384", 79.58),
+    ("R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0", "steps_20k-lr_0.03-res_384", 75.40),
+]
+_AUGREG_FILE = re.compile(r"^(?P<model>[A-Za-z0-9_]+?)-[A-Za-z0-9_.+-]+$")
+
+
+def official() -> list[Pretrained]:
+    """The downloadable checkpoints of google-research/vision_transformer (sources in the module docstring)."""
+    out = []
+    for f, (variant, width) in _PAPER.items():
+        out.append(Pretrained(f"imagenet21k/{f}", variant, "imagenet21k", 224, IMAGENET21K_CLASSES,
+                              representation_size=width, url=f"{BUCKET}imagenet21k/{f}.npz"))
+    for f, (arch, size) in _PAPER_FINETUNED.items():
+        name = f"imagenet21k+imagenet2012/{f}"
+        out.append(Pretrained(name, _PAPER[arch][0], "imagenet21k+imagenet2012", size, IMAGENET_CLASSES,
+                              url=f"{BUCKET}{name}.npz"))
+    for f, adapt, top1 in _AUGREG:
+        variant = _AUGREG_VARIANT[f.split("-")[0]]
+        out.append(Pretrained(f"augreg/{f}", variant, "imagenet21k", 224, IMAGENET21K_CLASSES,
+                              url=f"{BUCKET}augreg/{f}.npz"))
+        ft = f"augreg/{f}--imagenet2012-{adapt}"
+        out.append(Pretrained(ft, variant, "imagenet21k+imagenet2012", int(adapt.rsplit("_", 1)[1]),
+                              IMAGENET_CLASSES, top1=top1, url=f"{BUCKET}{ft}.npz"))
+    return out
+
+
+def shipped() -> list[Pretrained]:
+    """The models inside the installed package: every WEIGHTS_DIR/<name>/ holding model.safetensors + config.json."""
+    out = []
+    if not WEIGHTS_DIR.is_dir():
+        return out
+    for d in sorted(WEIGHTS_DIR.iterdir()):
+        if not (d.is_dir() and (d / "model.safetensors").is_file() and (d / "config.json").is_file()):
+            continue
+        meta = _read_json(d / "config.json")
+        model = meta.get("model", {})
+        out.append(Pretrained(d.name, model.get("name") or "ViT", meta.get("dataset"), model.get("image_size", 224),
+                              model.get("num_classes", len(meta.get("class_names", []))),
+                              model.get("representation_size"), top1=meta.get("top1"), path=d))
+    return out
+
+
+def registry() -> dict[str, Pretrained]:
+    """Every pre-trained model vitkit knows, by name: the shipped ones first, then the official downloads."""
+    return {p.name: p for p in shipped() + official()}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not readable JSON ({e})") from None
+
+
+# -- resolving a checkpoint argument ------------------------------------------------------------------------------
+def is_url(spec) -> bool:
+    return isinstance(spec, str) and spec.lower().startswith(("http://", "https://"))
+
+
+def _exists_locally(p: Path) -> bool:  # the checkpoint, or the previous one an interrupted save left (io._existing)
+    return p.exists() or p.with_name(f".{p.name}.old").exists()
+
+
+def lookup(name: str) -> Optional[Pretrained]:
+    """The registry entry of `name` (exact, else case-insensitive), or an unlisted AugReg file "augreg/<file>"."""
+    reg = registry()
+    if name in reg:
+        return reg[name]
+    folded = {k.lower(): v for k, v in reg.items()}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    if name.startswith("augreg/"):
+        m = _AUGREG_FILE.match(name[len("augreg/"):])
+        if m and m.group("model") in _AUGREG_VARIANT:
+            res = re.search(r"-res_(\d+)$", name)
+            return Pretrained(name, _AUGREG_VARIANT[m.group("model")], None, int(res.group(1)) if res else 224, 0,
+                              url=f"{BUCKET}{name}.npz")
+    return None
+
+
+def resolve(spec, progress: Optional[bool] = None) -> Path:
+    """A checkpoint argument -> a local path. An existing path is returned as it is; an http(s) URL or a
+    pre-trained name is downloaded into the cache unless it is there already (a shipped name is a package folder).
+    Anything else is refused in one line, with the nearest names."""
+    if is_url(spec):
+        return download(str(spec), progress=progress)
+    p = Path(spec)
+    if _exists_locally(p):
+        return p
+    entry = lookup(str(spec))
+    if entry is None:
+        import difflib
+
+        near = difflib.get_close_matches(str(spec), list(registry()), n=3, cutoff=0.75)
+        raise UserError(f"checkpoint {spec} does not exist, and it is not a pre-trained name or an http(s) URL"
+                        + (f"; did you mean {', '.join(near)}?" if near else "")
+                        + " (vitkit models --pretrained lists the names)")
+    if entry.path is not None:
+        return entry.path
+    return download(entry.url, sha256=entry.sha256, size=entry.size, progress=progress)
+
+
+# -- downloads ----------------------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("VITKIT_CACHE") or Path.home() / ".cache" / "vitkit").expanduser()
+
+
+def cache_path(url: str) -> Path:
+    """Where `url` is cached: CACHE/<host>/<path of the URL>. Refuses URLs that name no file vitkit reads."""
+    u = urlsplit(url)
+    parts = [unquote(s) for s in u.path.split("/") if s]
+    if (u.scheme.lower() not in ("http", "https") or not u.hostname or not parts
+            or any(s in (".", "..") or "/" in s or "\\" in s or "\0" in s for s in parts)):
+        raise UserError(f"{url} is not an http(s) URL of a file")
+    if not parts[-1].lower().endswith(URL_SUFFIXES):
+        raise UserError(f"{url}: vitkit reads {', '.join(URL_SUFFIXES)} files from URLs (the file name must end "
+                        f"with one)")
+    if u.query:  # distinct queries are distinct files
+        stem, dot, suffix = parts[-1].rpartition(".")
+        parts[-1] = f"{stem}-{hashlib.sha256(u.query.encode()).hexdigest()[:12]}{dot}{suffix}"
+    host = u.hostname + (f"_{u.port}" if u.port else "")
+    return cache_dir().joinpath(host, *parts)
+
+
+def _timeout() -> float:
+    try:
+        return float(os.environ.get("VITKIT_DOWNLOAD_TIMEOUT", "60"))
+    except ValueError:
+        raise UserError(f"VITKIT_DOWNLOAD_TIMEOUT must be a number of seconds, got "
+                        f"{os.environ['VITKIT_DOWNLOAD_TIMEOUT']!r}") from None
+
+
+@contextlib.contextmanager
+def _locked(fh):
+    """One downloader per file across processes; the OS releases the lock when a process dies."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock; the rename still keeps the cache consistent
+        yield
+        return
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def download(url: str, sha256: Optional[str] = None, size: Optional[int] = None,
+             progress: Optional[bool] = None) -> Path:
+    """Download `url` into the cache (once) and return the local file. `progress`: a tqdm bar on stderr;
+    default when stderr is a terminal or VITKIT_PROGRESS=1."""
+    dest = cache_path(url)
+    if dest.is_file():
+        return dest
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(dest.with_name(dest.name + ".lock"), "a")
+    except OSError as e:
+        raise UserError(f"cannot write the download cache {dest.parent} ({e.strerror or e}); set VITKIT_CACHE to a "
+                        f"writable folder") from None
+    with lock, _locked(lock):
+        if dest.is_file():  # another process finished it while this one waited
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        try:
+            _fetch(url, part, dest, sha256, size, progress)
+            os.replace(part, dest)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+    return dest
+
+
+def _fail(url: str, dest: Path, why: str) -> UserError:
+    return UserError(f"cannot download {url} ({why}); nothing was kept. To use it offline, fetch the file by other "
+                     f"means and put it at {dest}")
+
+
+def _fetch(url: str, part: Path, dest: Path, sha256: Optional[str], size: Optional[int],
+           progress: Optional[bool]) -> None:
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
+    from .. import __version__
+
+    if progress is None:
+        progress = sys.stderr.isatty() or os.environ.get("VITKIT_PROGRESS") == "1"
+    request = urllib.request.Request(url, headers={"User-Agent": f"vitkit/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=_timeout()) as resp:
+            announced = resp.headers.get("Content-Length")
+            announced = int(announced) if announced and announced.isdigit() else None
+            if size is not None and announced is not None and announced != size:
+                raise _fail(url, dest, f"the server announces {announced:,} bytes, expected {size:,}")
+            digest, got = hashlib.sha256(), 0
+            with open(part, "wb") as fh, tqdm(total=announced, unit="B", unit_scale=True, unit_divisor=1024,
+                                               desc=dest.name, file=sys.stderr, disable=not progress) as bar:
+                while chunk := resp.read1(1 << 20):  # what has arrived: the .part file and the bar follow the network
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+    except urllib.error.HTTPError as e:
+        raise _fail(url, dest, f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise _fail(url, dest, str(getattr(e, "reason", e))) from None
+    except http.client.IncompleteRead:
+        raise _fail(url, dest, "truncated: the connection closed before the announced length") from None
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets
+        raise _fail(url, dest, str(e) or type(e).__name__) from None
+    for expected, what in ((announced, "the announced length"), (size, "the expected size")):
+        if expected is not None and got != expected:
+            raise _fail(url, dest, f"truncated: got {got:,} of {expected:,} bytes ({what})")
+    if sha256 is not None and digest.hexdigest() != sha256.lower():
+        raise _fail(url, dest, f"sha256 {digest.hexdigest()} does not match the expected {sha256}")
