@@ -86,6 +86,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("VITKIT_PROGRESS", raising=False)
     monkeypatch.delenv("VITKIT_DOWNLOAD_TIMEOUT", raising=False)
+    monkeypatch.delenv("VITKIT_NO_DOWNLOAD", raising=False)
     monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "no-weights")  # independent of what the package ships
     return tmp_path / "cache"
 
@@ -306,6 +307,21 @@ def test_without_network_one_line_says_where_to_put_the_file(cache, capsys):
     hub.cache_path(url).parent.mkdir(parents=True, exist_ok=True)  # put there by hand: used without asking the network
     hub.cache_path(url).write_bytes(BODY)
     assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
+
+
+def test_no_download_setting_refuses_before_any_request(server, cache, monkeypatch):
+    monkeypatch.setenv("VITKIT_NO_DOWNLOAD", "1")
+    url = server.serve("/n.npz")
+    with pytest.raises(UserError, match=r"VITKIT_NO_DOWNLOAD.*put it at .*n\.npz"):
+        vitkit.load(url)
+    assert server.hits == {} and leftovers(cache) == []
+
+
+def test_cache_defaults_to_the_datasets_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("VITKIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_path("https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz") == (
+        tmp_path / "xdg" / "vitkit" / "storage.googleapis.com" / "vit_models" / "imagenet21k" / "ViT-B_16.npz")
 
 
 def test_slow_server_with_a_progress_bar_on_stderr(server, capsys):

@@ -18,8 +18,9 @@ thing: https://storage.googleapis.com/vit_models/<name>.npz. Sources, all in goo
     only top-1 the README states for a downloadable file, so the paper's files have none here.
   - vit_jax.ipynb, whose `gsutil ls gs://vit_models/imagenet*` output lists the files of both paper buckets; the
     fine-tuned ones are at 384 px as in the paper, except the two named "-224".
-  - vit_jax/configs/models.py: the architectures (the paper's ImageNet-21k files keep the pre-logits layer of the
-    pre-training head; fine-tuning drops it, vit_jax/checkpoint.py load_pretrained).
+  - vit_jax/configs/models.py: the architectures. The paper's ImageNet-21k files keep the pre-logits layer of the
+    pre-training head (fine-tuning drops it, vit_jax/checkpoint.py load_pretrained); AugReg files have none. The
+    listed file sizes agree: 4 bytes per parameter of exactly these architectures (tests/test_hub.py).
   - vit_jax/checkpoint.py, get_augreg_df(): the AugReg index gs://vit_models/augreg/index.csv (759 pre-trained and
     51,509 fine-tuned files, vit_jax_augreg.ipynb). Every file of that index works as "augreg/<filename>"; only the
     README's recommended ones are listed.
@@ -29,10 +30,13 @@ Shipped models live inside the package as native checkpoints, vitkit/weights/<na
 config.json, MODEL_CARD.md); they are found by scanning that folder, so `shipped` is a fact about the installed
 package. Optional "dataset" and "top1" keys of the config.json are shown in the listing.
 
-Downloads go to $VITKIT_CACHE (default ~/.cache/vitkit)/<host>/<path of the URL>. Bytes are written to a ".part"
-file that is renamed into place only when complete and checked (length, and sha256 where known), so a killed or
-truncated download leaves nothing a later run trusts; a lock file lets only one process download a file at a time.
-A cached file is never downloaded again.
+Downloads go to $VITKIT_CACHE (default: the datasets' cache, ~/.cache/vitkit)/<host>/<path of the URL>. Bytes
+are written to a ".part" file that is renamed into place only when complete and checked (length, and sha256 where
+known), so a killed or truncated download leaves nothing a later run trusts; a lock file lets only one process
+download a file at a time. A cached file is never downloaded again. A progress bar (tqdm, stderr) shows when
+stderr is a terminal or VITKIT_PROGRESS=1; VITKIT_DOWNLOAD_TIMEOUT (seconds, default 60) bounds each wait for the
+server; VITKIT_NO_DOWNLOAD=1 forbids downloads. Without network, the error names the URL and the cache path where a
+file fetched by other means is picked up.
 """
 
 from __future__ import annotations
@@ -226,7 +230,12 @@ def resolve(spec, progress: Optional[bool] = None) -> Path:
 
 # -- downloads ----------------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    return Path(os.environ.get("VITKIT_CACHE") or Path.home() / ".cache" / "vitkit").expanduser()
+    """$VITKIT_CACHE, else the cache the datasets use (~/.cache/vitkit, or $XDG_CACHE_HOME/vitkit)."""
+    if os.environ.get("VITKIT_CACHE"):
+        return Path(os.environ["VITKIT_CACHE"]).expanduser()
+    from ..data.datasets import cache_dir as data_cache
+
+    return data_cache()
 
 
 def cache_path(url: str) -> Path:
@@ -276,6 +285,8 @@ def download(url: str, sha256: Optional[str] = None, size: Optional[int] = None,
     dest = cache_path(url)
     if dest.is_file():
         return dest
+    if os.environ.get("VITKIT_NO_DOWNLOAD", "") in ("1", "true", "yes"):  # as for datasets (vitkit/data/README.md)
+        raise _fail(url, dest, "downloads are off: VITKIT_NO_DOWNLOAD is set")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         lock = open(dest.with_name(dest.name + ".lock"), "a")
