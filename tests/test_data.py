@@ -146,7 +146,7 @@ def test_download_goes_to_cache_and_is_verified(tmp_path, monkeypatch):
 
 def test_unknown_dataset_lists_names():
     with pytest.raises(UserError, match="unknown dataset 'imagenet21k'.*embedded, fashion-mnist, mnist, cifar10, "
-                                        "cifar100 or imagefolder:PATH"):
+                                        "cifar100, tiny-imagenet or imagefolder:PATH"):
         load_dataset("imagenet21k")
     with pytest.raises(UserError, match="split"):
         load_dataset("embedded", "dev")
