@@ -7,7 +7,7 @@ Public API:
     ViT, ViTConfig, VARIANTS
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 import os as _os  # noqa: E402
 

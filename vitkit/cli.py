@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-from . import __version__
+from .version import __version__
 from .errors import UserError
 
 # command -> (one-line help, owning module)

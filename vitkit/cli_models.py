@@ -13,7 +13,7 @@ import json
 import torch
 
 from .config import LISTED, variant_config
-from .hybrid import hybrid_variants
+from .config import hybrid_variants
 from .model import create_model
 from .resnet import LISTED as BIT_LISTED
 from .resnet import create_bit

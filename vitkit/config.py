@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .errors import UserError
+
 # width, depth, heads, mlp width -- Table 1 of the paper (+ Ti/S from the official repo, + tiny sizes for small images).
 SIZES: dict[str, dict[str, int]] = {
     "testing": dict(hidden_size=16, depth=2, num_heads=2, mlp_dim=32),  # seconds-long smoke tests
@@ -29,6 +31,68 @@ LISTED = ["Ti/16", "S/16", "S/32", "B/8", "B/16", "B/32", "L/16", "L/32", "H/14"
           "Mini/4", "Mini/7", "Ti/4", "S/4", "testing/4"]
 # Default image size for a patch size when none is given: 224 for paper variants, 28 for small patches.
 DEFAULT_IMAGE_SIZE = {2: 32, 4: 32, 7: 28, 8: 224, 14: 224, 16: 224, 32: 224}
+
+# -- the hybrid's ResNet stem (vitkit/hybrid.py builds it; paper section 3.1) as data
+WS_EPS = 1e-5  # weight standardisation: added to the std (official models_resnet.weight_standardize)
+GN_EPS = 1e-6  # flax.linen.GroupNorm default
+# "norm" in the layout: whose normalisation constants. timm's hybrids standardise with (w - mean) / sqrt(var + 1e-8)
+# and use GroupNorm eps 1e-5; a timm file keeps timm's numerics ("timm"), everything else is "official".
+NORMS = {"official": dict(ws_var_eps=None, gn_eps=GN_EPS), "timm": dict(ws_var_eps=1e-8, gn_eps=1e-5)}
+GN_GROUPS = 32
+ROOT_STRIDE = 4
+
+
+def check_layout(resnet: dict) -> tuple[list[int], float]:
+    """Validate a cfg.resnet dict and return (layers, width_factor); a UserError names what is wrong."""
+    if not isinstance(resnet, dict) or set(resnet) - {"layers", "width", "norm"} or "layers" not in resnet \
+            or resnet.get("norm", "official") not in NORMS:
+        raise UserError(f"unknown hybrid ResNet layout {resnet!r}: expected {{'layers': [n1, n2, ...], "
+                        f"'width': w}}, e.g. {{'layers': [3, 4, 9], 'width': 1}} for R50+ViT-B/16")
+    layers, width = list(resnet["layers"]), resnet.get("width", 1)
+    ok_width = isinstance(width, (int, float)) and width > 0 and float(64 * width).is_integer() \
+        and int(64 * width) % GN_GROUPS == 0
+    if not all(isinstance(n, int) and n > 0 for n in layers) or not ok_width:
+        raise UserError(f"unknown hybrid ResNet layout {resnet!r}: layers must be positive block counts and "
+                        f"width a factor w with 64*w a multiple of {GN_GROUPS} (the official code's width_factor)")
+    return layers, width
+
+
+def resnet_stride(resnet: dict) -> int:
+    """Pixels per feature-map position: 4 for the root block, x2 for every stage after the first."""
+    layers, _ = check_layout(resnet)
+    return ROOT_STRIDE * 2 ** max(len(layers) - 1, 0)
+
+
+def hybrid_variants() -> dict[str, dict]:
+    """The named hybrids of the official repository: name -> ViTConfig overrides (size from config.SIZES)."""
+    return {
+        "R50+ViT-B/16": dict(size="B", patch_size=1, resnet={"layers": [3, 4, 9], "width": 1}),
+        "R26+ViT-S/32": dict(size="S", patch_size=1, resnet={"layers": [2, 2, 2, 2], "width": 1}),
+        "R26+ViT-B/32": dict(size="B", patch_size=1, resnet={"layers": [2, 2, 2, 2], "width": 1}),
+        "R50+ViT-L/32": dict(size="L", patch_size=1, resnet={"layers": [3, 4, 6, 3], "width": 1}),
+        # root block only (stride 4) and 8x8 patches: one token per 32x32 pixels, as the official config has it
+        "R+ViT-Ti/16": dict(size="Ti", patch_size=8, resnet={"layers": [], "width": 1}),
+        # vitkit's, for 28-32 px data (no official weights): root block + 2x2 patches, 8 px per token, so a 32 px
+        # image gives the same 4x4 grid as ViT-Mini/7 at 28 px. From scratch on full Fashion-MNIST it beats the pure
+        # ViT-Mini/7 at equal training time (benchmarks/fmnist_from_scratch.py), as the paper's Fig. 5 has
+        # hybrids ahead at small compute.
+        "R+ViT-Mini/8": dict(size="Mini", patch_size=2, resnet={"layers": [], "width": 1}, image_size=32),
+    }
+
+
+def hybrid_config(name: str) -> dict:
+    """ViTConfig fields of a named hybrid. "R50+ViT-B/16", "R50+ViT-B_16" and AugReg's "R50+B/16" are one name."""
+
+    def key(n: str) -> str:
+        return n.strip().lower().replace("_", "/").replace("vit-", "")
+
+    table = {key(k): (k, v) for k, v in hybrid_variants().items()}
+    if key(name) not in table:
+        raise ValueError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
+    hname, h = table[key(name)]
+    return dict(SIZES[h["size"]], patch_size=h["patch_size"], resnet=h["resnet"], image_size=h.get("image_size", 224),
+                name=hname)
+
 
 CLASSIFIERS = ("token", "gap")
 POS_EMBEDS = ("learned", "learned2d", "sincos2d", "none")
@@ -77,8 +141,6 @@ class ViTConfig:
         """Pixels per token side: the patch size, times the ResNet's downsampling for a hybrid."""
         if self.resnet is None:
             return self.patch_size
-        from .hybrid import resnet_stride  # only hybrids need it
-
         return self.patch_size * resnet_stride(self.resnet)
 
     @property
@@ -124,10 +186,8 @@ def parse_variant(name: str) -> tuple[str, int]:
 
 def variant_config(name: str, **overrides) -> ViTConfig:
     """The ViTConfig of a named variant; any field can be overridden (num_classes, image_size, classifier, ...).
-    Hybrids ("R50+ViT-B/16", ...) are listed in vitkit.hybrid.hybrid_variants."""
-    if "+" in name:  # hybrid: ResNet stem + ViT (vitkit/hybrid.py)
-        from .hybrid import hybrid_config
-
+    Hybrids ("R50+ViT-B/16", ...) are listed in hybrid_variants()."""
+    if "+" in name:  # hybrid: ResNet stem + ViT (built by vitkit/hybrid.py)
         kw = hybrid_config(name)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return ViTConfig(**kw)

@@ -33,36 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-
-WS_EPS = 1e-5  # weight standardisation: added to the std (official models_resnet.weight_standardize)
-GN_EPS = 1e-6  # flax.linen.GroupNorm default
-# "norm" in the layout: whose normalisation constants. timm's hybrids standardise with (w - mean) / sqrt(var + 1e-8)
-# and use GroupNorm eps 1e-5; a timm file keeps timm's numerics ("timm"), everything else is "official".
-NORMS = {"official": dict(ws_var_eps=None, gn_eps=GN_EPS), "timm": dict(ws_var_eps=1e-8, gn_eps=1e-5)}
-GN_GROUPS = 32
-ROOT_STRIDE = 4
-
-
-def check_layout(resnet: dict) -> tuple[list[int], float]:
-    """Validate a cfg.resnet dict and return (layers, width_factor); a UserError names what is wrong."""
-    if not isinstance(resnet, dict) or set(resnet) - {"layers", "width", "norm"} or "layers" not in resnet \
-            or resnet.get("norm", "official") not in NORMS:
-        raise UserError(f"unknown hybrid ResNet layout {resnet!r}: expected {{'layers': [n1, n2, ...], "
-                        f"'width': w}}, e.g. {{'layers': [3, 4, 9], 'width': 1}} for R50+ViT-B/16")
-    layers, width = list(resnet["layers"]), resnet.get("width", 1)
-    ok_width = isinstance(width, (int, float)) and width > 0 and float(64 * width).is_integer() \
-        and int(64 * width) % GN_GROUPS == 0
-    if not all(isinstance(n, int) and n > 0 for n in layers) or not ok_width:
-        raise UserError(f"unknown hybrid ResNet layout {resnet!r}: layers must be positive block counts and "
-                        f"width a factor w with 64*w a multiple of {GN_GROUPS} (the official code's width_factor)")
-    return layers, width
-
-
-def resnet_stride(resnet: dict) -> int:
-    """Pixels per feature-map position: 4 for the root block, x2 for every stage after the first."""
-    layers, _ = check_layout(resnet)
-    return ROOT_STRIDE * 2 ** max(len(layers) - 1, 0)
+# The layout of cfg.resnet (check_layout, resnet_stride), its normalisation constants and the named hybrids
+# are data, in vitkit/config.py, so that a config knows its stride without building a ResNet.
+from .config import (GN_EPS, GN_GROUPS, NORMS, ROOT_STRIDE, WS_EPS, check_layout, hybrid_config,  # noqa: F401
+                     hybrid_variants, resnet_stride)
 
 
 def same_pad(size: int, k: int, s: int) -> tuple[int, int]:
@@ -197,36 +171,3 @@ class ResNetStem(nn.Module):
                 total += f1 + f2 + f3 + (conv(b.downsample.conv, size)[0] if b.downsample is not None else 0)
                 size = out
         return total
-
-
-def hybrid_variants() -> dict[str, dict]:
-    """The named hybrids of the official repository: name -> ViTConfig overrides (size from config.SIZES)."""
-    return {
-        "R50+ViT-B/16": dict(size="B", patch_size=1, resnet={"layers": [3, 4, 9], "width": 1}),
-        "R26+ViT-S/32": dict(size="S", patch_size=1, resnet={"layers": [2, 2, 2, 2], "width": 1}),
-        "R26+ViT-B/32": dict(size="B", patch_size=1, resnet={"layers": [2, 2, 2, 2], "width": 1}),
-        "R50+ViT-L/32": dict(size="L", patch_size=1, resnet={"layers": [3, 4, 6, 3], "width": 1}),
-        # root block only (stride 4) and 8x8 patches: one token per 32x32 pixels, as the official config has it
-        "R+ViT-Ti/16": dict(size="Ti", patch_size=8, resnet={"layers": [], "width": 1}),
-        # vitkit's, for 28-32 px data (no official weights): root block + 2x2 patches, 8 px per token, so a 32 px
-        # image gives the same 4x4 grid as ViT-Mini/7 at 28 px. From scratch on full Fashion-MNIST it beats the pure
-        # ViT-Mini/7 at equal training time (benchmarks/fmnist_from_scratch.py), as the paper's Fig. 5 has
-        # hybrids ahead at small compute.
-        "R+ViT-Mini/8": dict(size="Mini", patch_size=2, resnet={"layers": [], "width": 1}, image_size=32),
-    }
-
-
-
-def hybrid_config(name: str) -> dict:
-    """ViTConfig fields of a named hybrid. "R50+ViT-B/16", "R50+ViT-B_16" and AugReg's "R50+B/16" are one name."""
-    from .config import SIZES
-
-    def key(n: str) -> str:
-        return n.strip().lower().replace("_", "/").replace("vit-", "")
-
-    table = {key(k): (k, v) for k, v in hybrid_variants().items()}
-    if key(name) not in table:
-        raise ValueError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
-    hname, h = table[key(name)]
-    return dict(SIZES[h["size"]], patch_size=h["patch_size"], resnet=h["resnet"], image_size=h.get("image_size", 224),
-                name=hname)

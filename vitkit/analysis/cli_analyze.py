@@ -53,8 +53,8 @@ def _pick_shown(labels: np.ndarray, n: int) -> np.ndarray:
 
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    import vitkit
-    from ..eval.features import load_split, model_inputs
+    from ..checkpoint import load
+    from ..runtime import load_split, to_model_input
     from .attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,
                             patch_distance_matrix, rollout_map)
     from .embeddings import embedding_filter_pcs, pos_embed_similarity, position_grid, row_column_similarity
@@ -73,8 +73,8 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output directory {out}: {e.strerror or e}") from None
-    model = vitkit.load(args.checkpoint)
-    cfg = model.cfg
+    model = load(args.checkpoint)
+    cfg, pre, dtype = model.cfg, model.preprocess, next(model.parameters()).dtype
     if len(getattr(model, "blocks", [])) == 0:
         raise UserError(f"{args.checkpoint}: the model has no Transformer blocks, so it has no attention to analyse")
     has_cls, grid, ppt = cfg.classifier == "token", cfg.grid_size, cfg.stem_stride
@@ -115,7 +115,7 @@ def run(args) -> int:
     # -- images: statistics and shown ------------------------------------------------------------------------
     shown_u8, shown_titles = [], []
     if args.dataset:
-        images, labels, ds_names = load_split(args.dataset, args.split, model, args.data_dir, args.num_images,
+        images, labels, ds_names = load_split(args.dataset, args.split, pre, args.data_dir, args.num_images,
                                               seed=args.seed)
         stats_u8 = images
         if not pil:
@@ -128,7 +128,6 @@ def run(args) -> int:
         stats_u8 = None
         source = "the --images"
     if pil:
-        pre = model.preprocess
         shown_u8 = np.stack([pre.to_array(im) for _, im in pil]).transpose(0, 3, 1, 2)
         shown_titles = [Path(p).name for p, _ in pil]
         if stats_u8 is None:
@@ -137,7 +136,7 @@ def run(args) -> int:
     # -- Fig. 7 right: mean attention distance over N images (batched, summed per image) -------------------
     total, count = None, 0
     for s in range(0, len(stats_u8), args.batch_size):
-        x = model_inputs(model, stats_u8[s:s + args.batch_size])
+        x = to_model_input(stats_u8[s:s + args.batch_size], pre, dtype=dtype)
         attn = collect_attention(model, x)["attn"]
         d = mean_attention_distance(attn, grid, ppt, has_cls, reduce=False).sum(0)
         total = d if total is None else total + d
@@ -155,7 +154,7 @@ def run(args) -> int:
                                          "convention": "patch tokens only; weights renormalised over key patches"}
 
     # -- Fig. 6 / D.8: rollout overlays and last-layer heads ----------------------------------------------
-    x = model_inputs(model, shown_u8)
+    x = to_model_input(shown_u8, pre, dtype=dtype)
     res = collect_attention(model, x)
     maps = rollout_map(attention_rollout(res["attn"]), grid, has_cls)
     probs = torch.softmax(res["logits"].float(), -1)

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..flags import Number, add_deprecated, device
-from ..train.distributed import resolve_device
+from ..runtime import resolve_device
 from . import throughput as T
 
 

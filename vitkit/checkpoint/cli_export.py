@@ -134,15 +134,15 @@ def check_batches(model, run, sizes=(1, 3)) -> float:
 
 def compare_top1(model, run, dataset, batch_size: int = 100, limit=None) -> dict:
     """Top-1 (%) of PyTorch and of the runtime on `dataset`, the same preprocessed batches for both."""
-    from ..data.datasets import iterate_batches, resize_batch
-    from ..train.loop import to_channels
+    from ..data.datasets import iterate_batches
+    from ..runtime import to_model_input
 
     pre = model.preprocess
     n = len(dataset) if limit is None else min(limit, len(dataset))
     hits_pt = hits_rt = agree = 0
     worst = 0.0
     for images, labels in iterate_batches(dataset, torch.arange(n), batch_size):
-        x = pre.normalize(resize_batch(to_channels(images, pre.channels), pre.image_size))
+        x = to_model_input(images, pre)
         with torch.no_grad():
             a = model(x)
         b = run(x)

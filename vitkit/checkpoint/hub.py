@@ -319,7 +319,7 @@ def _fetch(url: str, part: Path, dest: Path, sha256: Optional[str], size: Option
 
     from tqdm import tqdm
 
-    from .. import __version__
+    from ..version import __version__
 
     if progress is None:
         progress = sys.stderr.isatty() or os.environ.get("VITKIT_PROGRESS") == "1"

@@ -35,7 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import ViTConfig
+from ..config import SIZES, ViTConfig, check_layout, hybrid_variants, resnet_stride
 from ..data.preprocess import Preprocess
 from ..errors import UserError
 from .keys import _regex as keys_regex
@@ -230,8 +230,6 @@ def infer_config(flat: dict[str, np.ndarray], path="checkpoint", image_size: Opt
     resnet, stride = None, P
     if "conv_root/kernel" in flat:
         resnet = _infer_resnet(flat, path)
-        from ..hybrid import resnet_stride
-
         stride = P * resnet_stride(resnet)
         cin_img = flat["conv_root/kernel"].shape[2]
     else:
@@ -263,14 +261,10 @@ def infer_config(flat: dict[str, np.ndarray], path="checkpoint", image_size: Opt
 
 
 def _name(D, depth, heads, mlp, P, resnet) -> str:
-    from ..config import SIZES
-
     want = dict(hidden_size=D, depth=depth, num_heads=heads, mlp_dim=mlp)
     size = next((k for k, v in SIZES.items() if v == want and k != "testing"), f"D{D}x{depth}")
     if resnet is None:
         return f"ViT-{size}/{P}"
-    from ..hybrid import hybrid_variants
-
     for name, h in hybrid_variants().items():  # the official hybrids by name: R50+ViT-B/16, ...
         if h["size"] == size and h["patch_size"] == P and h["resnet"] == resnet:
             return name
@@ -296,8 +290,6 @@ def _infer_resnet(flat, path) -> dict:
                         f"{ {s: sorted(u) for s, u in units.items()} } are not numbered block1.. / unit1..")
     width = w[3] / 64
     resnet = {"layers": [len(units[s]) for s in stages], "width": int(width) if width.is_integer() else width}
-    from ..hybrid import check_layout
-
     check_layout(resnet)
     return resnet
 

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from ..config import SIZES, ViTConfig
+from ..config import SIZES, ViTConfig, resnet_stride
 from ..errors import UserError
 from .keys import block_indices, compile_table, rename
 
@@ -114,8 +114,6 @@ def infer_config(state: dict, path, num_heads: Optional[int] = None) -> ViTConfi
         layers = [len(block_indices(state, rf"stem\.stages\.{s}\.blocks\.(\d+)\.")) for s in stages]
         width = state["stem.stem.conv.weight"].shape[0] / 64
         resnet = {"layers": layers, "width": int(width) if width.is_integer() else width, "norm": "timm"}
-        from ..hybrid import resnet_stride
-
         stride = P * resnet_stride(resnet)
         cin = state["stem.stem.conv.weight"].shape[1]
     T = shape("pos_embed")[1] - int(token)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint.io import load
     from ..data.datasets import load_dataset
-    from ..train.distributed import resolve_device
+    from ..runtime import resolve_device
     from .evaluate import evaluate
 
     device = resolve_device(args.device)

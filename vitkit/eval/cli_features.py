@@ -29,13 +29,13 @@ def add_arguments(p):
 
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    import vitkit
+    from ..checkpoint import load
     from ..flags import check_writable
     from .features import extract_features, load_split, save_features
 
     check_writable(args.out, "--out")  # before the work, not after it
     t0 = time.perf_counter()
-    model = vitkit.load(args.checkpoint)
+    model = load(args.checkpoint)
     images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.sample, args.seed)
     feats = extract_features(model, images, args.batch_size)
     files = save_features(args.out, feats, labels, {

@@ -90,10 +90,10 @@ def run(args) -> int:
         if not args.checkpoint or not args.dataset:
             raise UserError("give CHECKPOINT and --dataset D (or --train-features and --test-features)")
 
-        import vitkit
+        from ..checkpoint import load
         from .features import extract_features, load_split
 
-        model = vitkit.load(args.checkpoint)
+        model = load(args.checkpoint)
         tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.sample_train)
         te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.sample_test)
         xtr = extract_features(model, tr_img, args.batch_size)

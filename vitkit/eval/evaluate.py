@@ -20,17 +20,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
+from ..runtime import autocast, default_preprocess, to_model_input, unwrap
+
 
 def _preprocess_of(model):
-    from ..data.preprocess import Preprocess
-
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap(model)
     pre = getattr(inner, "preprocess", None)
-    if pre is None:
-        c = inner.cfg.in_chans
-        pre = Preprocess(image_size=inner.cfg.image_size, channels=c, mean=(0.5,) * c, std=(0.5,) * c)
-    return pre, inner
+    return (pre if pre is not None else default_preprocess(inner.cfg)), inner
 
 
 @torch.no_grad()
@@ -39,14 +36,11 @@ def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batc
                     tta: Optional[str] = None) -> dict:
     """Sums over `indices` (default: the whole dataset): correct top-1 / top-5, summed loss, count, and per-class
     correct / total, as float64 tensors on `device`. `tta`: None or "flip" (see the module docstring)."""
-    from ..data.datasets import iterate_batches, resize_batch
-    from ..train.loop import autocast, to_channels
+    from ..data.datasets import iterate_batches
 
     pre, inner = _preprocess_of(model)
     pre = preprocess or pre
     if tta not in (None, "none", "flip"):
-        from ..errors import UserError
-
         raise UserError(f"unknown test-time augmentation {tta!r}; valid: none, flip")
     device = torch.device(device) if device is not None else next(inner.parameters()).device
     k = inner.cfg.num_classes
@@ -61,8 +55,7 @@ def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batc
     cls_total = torch.zeros(k, dtype=torch.float64)
     try:
         for images, labels in iterate_batches(dataset, indices, batch_size, num_workers=num_workers):
-            images = resize_batch(to_channels(images, pre.channels), pre.image_size)
-            x = pre.normalize(images).to(device)
+            x = to_model_input(images, pre, device)
             with autocast(device, precision):
                 logits = model(x).float()
                 if tta == "flip":  # log of the mean probability: argmax, top-5 and cross-entropy all follow from it
@@ -71,8 +64,6 @@ def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batc
             logits = logits.cpu()
             labels = labels.long()
             if int(labels.max()) >= k:
-                from ..errors import UserError
-
                 raise UserError(f"the dataset has label {int(labels.max())} but the model has only {k} classes")
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             top = logits.topk(min(5, k), dim=1).indices

@@ -14,30 +14,15 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..runtime import default_preprocess, to_model_input
+from ..runtime import load_split as runtime_load_split
 
 
 def model_inputs(model, images_u8) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> the normalised float batch the model expects (resized / channel-fixed if needed)."""
-    x = torch.as_tensor(np.asarray(images_u8)) if not isinstance(images_u8, torch.Tensor) else images_u8
-    cfg = model.cfg
-    if x.ndim != 4:
-        raise UserError(f"images have shape {tuple(x.shape)}; expected (N, C, H, W)")
-    if x.shape[1] != cfg.in_chans:
-        if x.shape[1] == 1 and cfg.in_chans == 3:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] == 3 and cfg.in_chans == 1:  # ITU-R 601 luma, as PIL's convert("L")
-            x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-            x = x.round().clamp(0, 255).to(torch.uint8)
-        else:
-            raise UserError(f"images have {x.shape[1]} channels; the model takes {cfg.in_chans}")
-    if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
-        from ..data.datasets import resize_batch
-
-        x = resize_batch(x, cfg.image_size)
-    pre = getattr(model, "preprocess", None)
-    x = pre.normalize(x) if pre is not None else x.float().div(255.0).sub(0.5).div(0.5)
+    """uint8 (N, C, H, W) -> the normalised float batch `model` expects, in its parameters' dtype."""
     param = next(model.parameters(), None)
-    return x.to(param.dtype) if param is not None and param.dtype != x.dtype else x
+    pre = getattr(model, "preprocess", None) or default_preprocess(model.cfg)
+    return to_model_input(images_u8, pre, dtype=param.dtype if param is not None else None)
 
 
 @torch.inference_mode()
@@ -56,27 +41,9 @@ def extract_features(model, images_u8, batch_size: int = 256) -> np.ndarray:
 
 
 def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | None = None, seed: int = 0):
-    """Load a dataset split through vitkit.data.datasets (at the model's image size and channels for image folders).
-    Returns (images uint8 (N, C, H, W) tensor, labels (N,) int64 numpy, class_names). With `limit`, a fixed random
-    subset (seed `seed`) of that many images, in index order; only those are decoded."""
-    from ..data.datasets import iterate_batches, load_dataset
-
-    kw = {}
-    if model is not None:
-        kw = dict(image_size=model.cfg.image_size, channels=model.cfg.in_chans,
-                  preprocess=getattr(model, "preprocess", None))  # folders decode exactly as predict does
-    ds = load_dataset(spec, split=split, data_dir=data_dir, **kw)
-    labels = np.asarray(ds.labels).astype(np.int64)
-    if len(labels) == 0:
-        raise UserError(f"dataset {spec!r} split {split!r} is empty")
-    idx = np.arange(len(labels))
-    if limit is not None and limit < len(labels):
-        idx = np.sort(np.random.default_rng(seed).choice(len(labels), size=int(limit), replace=False))
-    if hasattr(ds, "images"):
-        images = ds.images[torch.from_numpy(idx)]
-    else:
-        images = torch.cat([b for b, _ in iterate_batches(ds, torch.from_numpy(idx), 256)])
-    return images, labels[idx], list(getattr(ds, "class_names", None) or [])
+    """vitkit.runtime.load_split at `model`'s preprocessing (its image size and channels)."""
+    pre = None if model is None else (getattr(model, "preprocess", None) or default_preprocess(model.cfg))
+    return runtime_load_split(spec, split, pre, data_dir, limit, seed)
 
 
 def save_features(path, feats: np.ndarray, labels: np.ndarray | None = None, meta: dict | None = None) -> dict:

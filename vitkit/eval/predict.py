@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--explain is not available in this installation (vitkit.analysis.explain is "
                             "missing)") from None
-    from ..train.distributed import resolve_device
+    from ..runtime import resolve_device
 
     model = load(args.checkpoint, device=resolve_device(args.device))
     results = predict(model, images, args.topk)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..runtime import resolve_device, unwrap  # noqa: F401 (re-exported for the training loop)
+
 
 @dataclass
 class DistInfo:
@@ -37,21 +39,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            from ..errors import UserError
-
-            raise UserError("--device cuda was given but no CUDA GPU is available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def setup(device: str = "auto") -> DistInfo:
@@ -135,11 +122,6 @@ def no_sync(model: torch.nn.Module, last_micro_step: bool):
                 model.set_requires_gradient_sync(True)
         return _fsdp()
     return contextlib.nullcontext()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
 
 
 def is_fsdp(model: torch.nn.Module) -> bool:

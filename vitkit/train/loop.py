@@ -32,7 +32,6 @@ import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -42,6 +41,7 @@ import torch
 
 from ..errors import UserError
 from ..flags import Number, check, device, flag, option, resumable
+from ..runtime import autocast, to_channels  # noqa: F401 (re-exported: vitkit.train.loop.to_channels)
 from . import distributed as D
 from .optim import build_optimizer, build_scheduler
 from .recipes import LONG, WHAT, Recipe
@@ -123,27 +123,6 @@ class TrainingDiverged(UserError):
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The order of the training set in `epoch`: the same on every rank and after any resume."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> (B, channels, H, W): gray repeated to RGB, or RGB to ITU-R 601 luma."""
-    c = images.shape[1]
-    if c == channels:
-        return images
-    if c == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (images.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    raise UserError(f"cannot convert {c}-channel images to {channels} channels")
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return nullcontext()
-    raise UserError(f"unknown precision {precision!r}; valid: fp32, bf16")
 
 
 def native_size(ds) -> Optional[int]:

@@ -1,0 +1,121 @@
+"""Running a model: the one home of what eval, predict, analyze, export, bench and train share at run time.
+
+    resolve_device(name)                  -> torch.device ("auto": CUDA if available, else CPU)
+    autocast(device, precision)           -> bf16 autocast context, or a no-op for fp32
+    unwrap(model)                         -> the ViT inside DDP / FSDP / torch.compile wrappers
+    default_preprocess(cfg)               -> the Preprocess of a model that came without one ([-1, 1] pixels)
+    to_channels(images_u8, channels)     -> grey repeated to RGB, or RGB to ITU-R 601 luma (as PIL's "L")
+    to_model_input(images_u8, preprocess) -> the normalised float batch a model takes (channels, size, mean/std)
+    load_split(spec, split, preprocess)   -> a dataset split as uint8 images at the model's size and channels
+
+Nothing here knows a checkpoint format (vitkit.checkpoint reads files) or a training loop (vitkit.train).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .config import ViTConfig
+from .data.preprocess import Preprocess
+from .errors import UserError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" -> CUDA if available, else CPU; "cuda" -> this process's GPU (local_rank). A UserError if CUDA is
+    asked for but missing."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was given but no CUDA GPU is available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on `device` for "bf16", nothing for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return nullcontext()
+    raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+def default_preprocess(cfg: ViTConfig) -> Preprocess:
+    """The preprocessing of a model that carries none: pixels scaled to [-1, 1], as the official checkpoints
+    expect, at the model's image size and channel count."""
+    c = cfg.in_chans
+    return Preprocess(image_size=cfg.image_size, channels=c, mean=(0.5,) * c, std=(0.5,) * c)
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> (B, channels, H, W): gray repeated to RGB, or RGB to ITU-R 601 luma."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if c == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise UserError(f"cannot convert {c}-channel images to {channels} channels")
+
+
+def to_model_input(images, preprocess: Preprocess, device=None, dtype: Optional[torch.dtype] = None
+                   ) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the normalised float batch the model expects: converted to the preprocess's channel
+    count, resized to its image size if needed, normalised with its mean/std, moved to `device` / cast to `dtype`."""
+    from .data.datasets import resize_batch
+
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    if x.ndim != 4:
+        raise UserError(f"images have shape {tuple(x.shape)}; expected (N, C, H, W)")
+    x = to_channels(x, preprocess.channels)
+    if tuple(x.shape[-2:]) != (preprocess.image_size, preprocess.image_size):
+        x = resize_batch(x, preprocess.image_size)
+    x = preprocess.normalize(x)
+    if device is not None:
+        x = x.to(device)
+    return x.to(dtype) if dtype is not None and dtype != x.dtype else x
+
+
+def load_split(spec: str, split: str, preprocess: Optional[Preprocess] = None, data_dir=None,
+               limit: Optional[int] = None, seed: int = 0):
+    """A dataset split (vitkit.data.datasets) as (images uint8 (N, C, H, W) tensor, labels (N,) int64 numpy,
+    class_names); image folders decode at `preprocess`'s size and channels exactly as predict does. With `limit`,
+    a fixed random subset (seed `seed`) of that many images, in index order; only those are decoded."""
+    from .data.datasets import iterate_batches, load_dataset
+
+    kw = {}
+    if preprocess is not None:
+        kw = dict(image_size=preprocess.image_size, channels=preprocess.channels, preprocess=preprocess)
+    ds = load_dataset(spec, split=split, data_dir=data_dir, **kw)
+    labels = np.asarray(ds.labels).astype(np.int64)
+    if len(labels) == 0:
+        raise UserError(f"dataset {spec!r} split {split!r} is empty")
+    idx = np.arange(len(labels))
+    if limit is not None and limit < len(labels):
+        idx = np.sort(np.random.default_rng(seed).choice(len(labels), size=int(limit), replace=False))
+    if hasattr(ds, "images"):
+        images = ds.images[torch.from_numpy(idx)]
+    else:
+        images = torch.cat([b for b, _ in iterate_batches(ds, torch.from_numpy(idx), 256)])
+    return images, labels[idx], list(getattr(ds, "class_names", None) or [])
