@@ -30,8 +30,8 @@ BODY = (FIX / "vit_token.npz").read_bytes()  # a small official-format checkpoin
 
 
 class Server:
-    """A real HTTP server on 127.0.0.1. routes: path -> (body, mode); mode "ok", "truncate" (announces the whole
-    length, sends half, closes), "slow" (eight pieces, 50 ms apart) or "stall" (one piece, then silence)."""
+    """A real HTTP server on 127.0.0.1. routes: path -> (body, mode, pause); mode "ok", "truncate" (announces the
+    whole length, sends half, closes), "slow" (eight pieces, `pause` s apart) or "stall" (one piece, then silence)."""
 
     def __init__(self):
         self.routes, self.hits = {}, {}
@@ -46,7 +46,7 @@ class Server:
                 if self.path not in server.routes:
                     self.send_error(404, "Not Found")
                     return
-                body, mode = server.routes[self.path]
+                body, mode, pause = server.routes[self.path]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -60,7 +60,7 @@ class Server:
                     for p in pieces if mode == "slow" else pieces[:1]:
                         self.wfile.write(p.tobytes())
                         self.wfile.flush()
-                        time.sleep(0.05)
+                        time.sleep(pause)
                     if mode == "stall":
                         time.sleep(30)
 
@@ -69,8 +69,8 @@ class Server:
         self.base = f"http://127.0.0.1:{self.httpd.server_port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def serve(self, path, body=BODY, mode="ok"):
-        self.routes[path] = (body, mode)
+    def serve(self, path, body=BODY, mode="ok", pause=0.05):
+        self.routes[path] = (body, mode, pause)
         return self.base + path
 
 
@@ -371,6 +371,45 @@ def test_a_killed_download_leaves_nothing_trusted_and_a_rerun_completes(server, 
     server.serve("/k.npz")
     assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
     assert server.hits["/k.npz"] == 2 and leftovers(cache) == ["k.npz"]
+
+
+@pytest.mark.parametrize("fmt", ["zip", "gztar", "tar"])
+def test_a_checkpoint_folder_packed_in_an_archive_loads_from_its_url(server, cache, tmp_path, fmt):
+    import shutil
+
+    model = make_shipped(tmp_path / "src", name="ckpt")
+    archive = Path(shutil.make_archive(str(tmp_path / "ckpt"), fmt, tmp_path / "src", "ckpt"))
+    url = server.serve("/packed/" + archive.name, archive.read_bytes())
+    assert same_weights(vitkit.load(url), model) and vitkit.load(url).class_names[3] == "c3"
+    assert (hub.cache_path(url).with_name(archive.name + ".d") / "ckpt" / "model.safetensors").is_file()
+    assert server.hits == {"/packed/" + archive.name: 1}
+    assert main(["convert", url, str(tmp_path / "copy")]) == 0 and same_weights(vitkit.load(tmp_path / "copy"), model)
+
+
+def test_an_archive_reaching_outside_its_folder_is_refused(server, cache, tmp_path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"hi"))
+    url = server.serve("/evil.tar.gz", buf.getvalue())
+    with pytest.raises(UserError, match=r"refusing the archive member '\.\./escaped\.txt'"):
+        vitkit.load(url)
+    assert not list(cache.rglob("escaped.txt")) and not list(cache.rglob("*.d"))
+
+
+def test_two_processes_asking_for_one_url_download_it_once(server, cache):
+    url = server.serve("/twice.npz", mode="slow", pause=1.0)  # 8 s: longer than the processes' start-up jitter
+    env = dict(os.environ, VITKIT_CACHE=str(cache), OMP_NUM_THREADS="1")
+    code = f"from vitkit.checkpoint.hub import download; print(download({url!r}))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == [str(hub.cache_path(url))] * 2
+    assert server.hits == {"/twice.npz": 1} and hub.cache_path(url).read_bytes() == BODY
 
 
 def test_urls_naming_no_readable_file_are_refused_before_any_request(server):

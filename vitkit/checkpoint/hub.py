@@ -7,7 +7,9 @@ wherever a checkpoint path does (train --init, eval, predict, analyze, fewshot, 
     vitkit.load("https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz")
     vitkit train --init augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0 ...
 
-An existing local path always wins over a name. `vitkit models --pretrained` lists the names.
+An existing local path always wins over a name. `vitkit models --pretrained` lists the names. A URL names a file of
+a format vitkit reads (.npz, .safetensors, .pth, .pt, .bin), or a checkpoint folder (vitkit, Hugging Face) packed
+as .zip, .tar, .tar.gz or .tgz, which is unpacked once next to the download.
 
 Official names are the file paths in Google's `vit_models` bucket without ".npz", so a name and its URL are one
 thing: https://storage.googleapis.com/vit_models/<name>.npz. Sources, all in google-research/vision_transformer
@@ -58,6 +60,7 @@ from ..errors import UserError
 BUCKET = "https://storage.googleapis.com/vit_models/"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models: vitkit/weights/<name>/
 URL_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")  # single-file formats vitkit reads
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")  # a checkpoint folder (vitkit, Hugging Face) packed in one file
 IMAGENET21K_CLASSES, IMAGENET_CLASSES = 21843, 1000
 
 
@@ -211,7 +214,7 @@ def resolve(spec, progress: Optional[bool] = None) -> Path:
     pre-trained name is downloaded into the cache unless it is there already (a shipped name is a package folder).
     Anything else is refused in one line, with the nearest names."""
     if is_url(spec):
-        return download(str(spec), progress=progress)
+        return unpack(download(str(spec), progress=progress))
     p = Path(spec)
     if _exists_locally(p):
         return p
@@ -245,9 +248,9 @@ def cache_path(url: str) -> Path:
     if (u.scheme.lower() not in ("http", "https") or not u.hostname or not parts
             or any(s in (".", "..") or "/" in s or "\\" in s or "\0" in s for s in parts)):
         raise UserError(f"{url} is not an http(s) URL of a file")
-    if not parts[-1].lower().endswith(URL_SUFFIXES):
-        raise UserError(f"{url}: vitkit reads {', '.join(URL_SUFFIXES)} files from URLs (the file name must end "
-                        f"with one)")
+    if not parts[-1].lower().endswith(URL_SUFFIXES + ARCHIVE_SUFFIXES):
+        raise UserError(f"{url}: vitkit reads {', '.join(URL_SUFFIXES)} files, or a checkpoint folder packed as "
+                        f"{', '.join(ARCHIVE_SUFFIXES)}, from URLs (the file name must end with one)")
     if u.query:  # distinct queries are distinct files
         stem, dot, suffix = parts[-1].rpartition(".")
         parts[-1] = f"{stem}-{hashlib.sha256(u.query.encode()).hexdigest()[:12]}{dot}{suffix}"
@@ -304,6 +307,63 @@ def download(url: str, sha256: Optional[str] = None, size: Optional[int] = None,
             part.unlink(missing_ok=True)
             raise
     return dest
+
+
+def unpack(path: Path) -> Path:
+    """A downloaded archive of a checkpoint folder -> the folder, unpacked once into <archive>.d/ (atomically: a
+    temporary sibling renamed into place). Other files are returned as they are."""
+    name = path.name.lower()
+    kind = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), None)
+    if kind is None:
+        return path
+    target = path.with_name(path.name + ".d")
+    if not target.is_dir():
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=path.parent))
+        try:
+            _extract(path, tmp, kind)
+            os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():  # not just another process that unpacked it first
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    inside = list(target.iterdir())
+    return inside[0] if len(inside) == 1 and inside[0].is_dir() else target  # one top folder: that is the checkpoint
+
+
+def _extract(archive: Path, out: Path, kind: str) -> None:
+    """Unpack with no file landing outside `out` (no absolute paths, no "..", no links or devices)."""
+    import tarfile
+    import zipfile
+
+    try:
+        if kind == ".zip":
+            with zipfile.ZipFile(archive) as z:
+                _check_members(archive, z.namelist())
+                z.extractall(out)
+        else:
+            with tarfile.open(archive) as t:
+                members = t.getmembers()
+                _check_members(archive, [m.name for m in members])
+                bad = [m.name for m in members if not (m.isfile() or m.isdir())]
+                if bad:
+                    raise UserError(f"{archive}: refusing links or special files in a checkpoint archive: {bad[:3]}")
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python's own check too
+                t.extractall(out, members=members, **safe)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        raise UserError(f"{archive} is not a readable {kind} archive ({e})") from None
+
+
+def _check_members(archive: Path, names: list[str]) -> None:
+    for n in names:
+        p = Path(n)
+        if p.is_absolute() or ".." in p.parts or n.startswith(("/", "\\")):
+            raise UserError(f"{archive}: refusing the archive member {n!r} (outside the folder it unpacks into)")
 
 
 def _fail(url: str, dest: Path, why: str) -> UserError:
