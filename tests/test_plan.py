@@ -6,8 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.data.imagefolder import ImageFolderDataset
-from vitkit.train.plan import MIN_STEPS, SCRATCH_MODEL, DataFacts, facts_of, plan
+from vitkit.train.plan import MIN_STEPS, SCRATCH_MODEL, DataFacts, facts_of_folder, plan
 
 
 def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
@@ -21,11 +20,10 @@ def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
 
 
 def test_facts_from_headers(tmp_path):
-    photos = ImageFolderDataset(_folder(tmp_path / "p", "RGB", 300), "train", image_size=32, channels=3)
-    f = facts_of(photos)
+    f = facts_of_folder(_folder(tmp_path / "p", "RGB", 300))
     assert f == DataFacts(n_train=12, num_classes=2, grey=False, median_side=300, folder=True)
-    chars = ImageFolderDataset(_folder(tmp_path / "c", "L", 28), "train", image_size=32, channels=3)
-    assert facts_of(chars).grey and facts_of(chars).median_side == 28
+    chars = facts_of_folder(_folder(tmp_path / "c", "L", 28))
+    assert chars.grey and chars.median_side == 28 and chars.n_train == 12
 
 
 def test_photos_from_scratch():
@@ -54,10 +52,10 @@ def test_given_flags_win_and_named_datasets_keep_their_recipe():
 
 def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
     facts = DataFacts(n_train=5000, num_classes=10, grey=False, median_side=32, folder=True)
-    changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, init_image_size=64,
-                        fine_tuning=True)
-    assert changes["image_size"] == 64 and "model" not in changes and "batch_size" not in changes
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True)
+    assert "image_size" not in changes and "model" not in changes and "batch_size" not in changes
+    assert "the checkpoint's resolution" in why
     assert changes["steps"] == MIN_STEPS  # 10 epochs of 5000 images at batch 128 are 390 steps
     big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32, folder=True)
-    changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, init_image_size=64, fine_tuning=True)
+    changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, fine_tuning=True)
     assert "steps" not in changes  # 1560 steps: the recipe's epochs are enough

@@ -57,7 +57,10 @@ def settings_from_args(args: argparse.Namespace):
         base = TrainSettings.from_dict(state.get("settings", {}))
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
-    return base.replace(**given)
+    from .plan import apply
+
+    # an image folder: settings not given are chosen from the images (plan.py), and said in one line
+    return apply(base.replace(**given), set(given), recipe, say=lambda line: print(line, file=sys.stderr))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 MIN_STEPS = 600  # optimizer steps for a small dataset, from scratch or fine-tuning
@@ -42,14 +43,18 @@ class DataFacts:
     folder: bool  # a user's image folder (plans apply there; named datasets keep their recipes)
 
 
-def facts_of(ds, sample: int = 200, seed: int = 0) -> DataFacts:
-    """Facts about a dataset; for image folders, from the headers of up to `sample` images (no decoding)."""
+def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
+    """Facts about `root/train/<class>/*` from a listing and the headers of up to `sample` images (no decoding,
+    no full check: the dataset itself skips unusable files later)."""
     from PIL import Image
 
-    paths = list(getattr(ds, "paths", []))
-    n = len(ds.labels)
-    if not paths:
-        return DataFacts(n, len(ds.class_names), ds.channels == 1, None, folder=False)
+    from ..data.imagefolder import IMAGE_EXTENSIONS
+
+    train = Path(root).expanduser() / "train"
+    classes = sorted(d for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")) if train.is_dir() \
+        else []
+    paths = [f for d in classes for f in sorted(d.rglob("*"))
+             if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")]
     picked = random.Random(seed).sample(paths, min(sample, len(paths)))
     sides, grey = [], True
     for p in picked:
@@ -60,20 +65,19 @@ def facts_of(ds, sample: int = 200, seed: int = 0) -> DataFacts:
         except (OSError, ValueError):
             continue
     sides.sort()
-    return DataFacts(n, len(ds.class_names), grey, sides[len(sides) // 2] if sides else None, folder=True)
+    return DataFacts(len(paths), len(classes), grey and bool(sides), sides[len(sides) // 2] if sides else None,
+                     folder=True)
 
 
-def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts,
-         init_image_size: Optional[int] = None, fine_tuning: bool = False) -> tuple[dict, list[str]]:
+def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
     user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults."""
-    if not facts.folder:
+    if not facts.folder or facts.n_train == 0:
         return {}, []
     changes, why = {}, []
     if "image_size" not in given:
-        if init_image_size:
-            changes["image_size"] = init_image_size
-            why.append(f"{init_image_size} px, the checkpoint's resolution")
+        if fine_tuning:  # the loop uses the checkpoint's own resolution; nothing to change
+            why.append("the checkpoint's resolution")
         elif facts.median_side is not None:
             size = 32 if facts.median_side <= SMALL_SIDE else 64
             changes["image_size"] = size
@@ -98,3 +102,17 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts,
         changes["crop"] = "pad"
         why.append("pad-and-crop shifts")
     return changes, why
+
+
+def apply(s, given: set, recipe, say=None):
+    """`s` with the plan's changes for an image-folder dataset (a new run only: a resumed run keeps its own
+    settings); `say(line)` gets the one line that tells what was chosen and why."""
+    if s.resume or not s.dataset.lower().startswith("imagefolder:"):
+        return s
+    facts = facts_of_folder(s.dataset.split(":", 1)[1])
+    changes, why = plan(given, recipe.batch_size, recipe.epochs, facts, fine_tuning=bool(s.init))
+    if why and say is not None:
+        say(f"vitkit train: {facts.n_train} images in {facts.num_classes} classes (median side "
+            f"{facts.median_side} px{', greyscale' if facts.grey else ''}): chose {'; '.join(why)}; "
+            f"any flag given wins")
+    return s.replace(**changes) if changes else s
