@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import perf  # perf.Dropout: nn.Dropout with a faster CPU mask
 from .config import ViTConfig, variant_config
+from .resnet import BiT, BiTConfig, bit_config, create_bit, is_bit_name
 
 
 def lecun_normal_(t: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -290,9 +291,27 @@ class ViT(nn.Module):
 
 
 def create_model(name: str = "ViT-B/16", num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                 **overrides) -> ViT:
+                 **overrides):
     """Build a named variant with fresh weights, e.g. create_model("ViT-S/16", num_classes=10, image_size=224).
 
-    Any ViTConfig field can be overridden (classifier="gap", pos_embed="learned2d", in_chans=1, ...).
+    Any ViTConfig field can be overridden (classifier="gap", pos_embed="learned2d", in_chans=1, ...). BiT names
+    ("BiT-R50x1", "BiT-R26x1-S", ...) build the paper's ResNet baseline (vitkit/resnet.py), with BiTConfig fields.
     """
+    if is_bit_name(name):
+        return create_bit(name, num_classes=num_classes, image_size=image_size, **overrides)
     return ViT(variant_config(name, num_classes=num_classes, image_size=image_size, **overrides))
+
+
+def model_config(name: str, **overrides):
+    """The config (ViTConfig or BiTConfig) of a named variant, by its family."""
+    return bit_config(name, **overrides) if is_bit_name(name) else variant_config(name, **overrides)
+
+
+def config_from_dict(d: dict):
+    """A checkpoint's saved model config: a BiTConfig where it says "family": "bit", else a ViTConfig."""
+    return BiTConfig.from_dict(d) if d.get("family") == "bit" else ViTConfig.from_dict(d)
+
+
+def model_from_config(cfg):
+    """A fresh model of the config's family (ViT for a ViTConfig, BiT for a BiTConfig)."""
+    return BiT(cfg) if isinstance(cfg, BiTConfig) else ViT(cfg)

@@ -76,7 +76,8 @@ def run(args) -> int:
     model = load(args.checkpoint)
     cfg, pre, dtype = model.cfg, model.preprocess, next(model.parameters()).dtype
     if len(getattr(model, "blocks", [])) == 0:
-        raise UserError(f"{args.checkpoint}: the model has no Transformer blocks, so it has no attention to analyse")
+        raise UserError(f"{args.checkpoint}: {cfg.name or 'the model'} has no Transformer blocks (a BiT ResNet?), so "
+                        f"it has no attention or position embeddings to analyse")
     has_cls, grid, ppt = cfg.classifier == "token", cfg.grid_size, cfg.stem_stride
     names = list(model.class_names)
     report = {"checkpoint": str(args.checkpoint), "format": getattr(model, "source_format", None),

@@ -131,6 +131,7 @@ def environment(device: torch.device) -> dict:
 
 def build_runners(args, device: torch.device, log) -> list:
     from ..model import create_model
+    from ..resnet import BiTConfig
     from . import peers as P
 
     cfg_kw = dict(num_classes=args.num_classes, image_size=args.image_size, in_chans=args.in_chans)
@@ -138,9 +139,13 @@ def build_runners(args, device: torch.device, log) -> list:
     cfg, flops = probe.cfg, probe.flops_per_image()
     del probe
     peers = args.peers
+    bit = isinstance(cfg, BiTConfig)  # the paper's ResNet baseline: the peers here are ViT implementations
     if peers is None:
-        peers = ["hf"] + (["timm"] if P.timm_available() else [])
+        peers = [] if bit else ["hf"] + (["timm"] if P.timm_available() else [])
     peers = [p for p in peers if p != "none"]
+    if bit and peers:
+        raise UserError(f"--peers {','.join(peers)}: the peers are ViT implementations; {cfg.name} is a BiT ResNet "
+                        f"(bench it with --peers none)")
     precisions = set(args.precision) | set(args.peer_precision or [])
     unknown = sorted(set(peers) - set(P.PEERS)) + sorted(precisions - {"fp32", "bf16", "fp16"})
     unknown += sorted(set(args.mode) - {"inference", "training"})
@@ -179,7 +184,8 @@ def build_runners(args, device: torch.device, log) -> list:
 
     def vitkit_model():
         m = create_model(args.model, **cfg_kw)
-        m.set_fused_attn("explicit" if args.explicit_attn else args.attention)
+        if hasattr(m, "set_fused_attn"):  # ViT only
+            m.set_fused_attn("explicit" if args.explicit_attn else args.attention)
         m.set_grad_checkpointing(args.grad_checkpointing)
         return m
 

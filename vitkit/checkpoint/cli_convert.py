@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..resnet import BiTConfig
 
 # target -> "module:function(model, out_path)" writing that format
 WRITERS = {
@@ -25,6 +26,7 @@ WRITERS = {
     "hf-model": "vitkit.checkpoint.hf:save_hf_model",  # ViTModel (no head; pooler = pre-logits layer)
     "timm": "vitkit.checkpoint.timm_sd:save_timm",
 }
+BIT_WRITERS = {"vitkit": WRITERS["vitkit"], "npz": "vitkit.checkpoint.bit_npz:save_bit_npz"}  # BiT: these only
 _BY_SUFFIX = {".npz": "npz", ".safetensors": "timm", ".pth": "timm", ".pt": "timm", ".bin": "timm"}
 
 
@@ -69,7 +71,13 @@ def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None
             model = resize_model(model, image_size)  # preprocessing resized with it
     else:
         model = io.load(src, **kw)
-    mod, fn = WRITERS[to].split(":")
+    target = WRITERS[to]
+    if isinstance(model.cfg, BiTConfig):  # the paper's ResNet baseline: vitkit or the official BiT .npz
+        if to not in BIT_WRITERS:
+            raise UserError(f"{src} holds {model.cfg.name or 'a BiT ResNet'}, a BiT ResNet: it converts to "
+                            f"{' or '.join(BIT_WRITERS)}, not to {to} (a ViT format)")
+        target = BIT_WRITERS[to]
+    mod, fn = target.split(":")
     writer = getattr(importlib.import_module(mod), fn)
     if to == "vitkit":
         writer(out, model, getattr(model, "preprocess", None), getattr(model, "class_names", None),
@@ -87,6 +95,10 @@ def run(args) -> int:
     model, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes,
                                  args.num_heads)
     c = model.cfg
+    if isinstance(c, BiTConfig):
+        print(f"converted {args.src} ({fmt}) -> {args.out} ({to}); {c.name}: layers={list(c.layers)} width={c.width} "
+              f"root={c.root} image={c.image_size} classes={c.num_classes}; {model.num_params():,} parameters")
+        return 0
     arch = (f"{c.name or 'ViT'}: D={c.hidden_size} depth={c.depth} heads={c.num_heads} mlp={c.mlp_dim} "
             f"patch={c.patch_size} image={c.image_size} classifier={c.classifier} classes={c.num_classes}"
             + (f" pre_logits={c.representation_size}" if c.representation_size else "")

@@ -2,15 +2,16 @@
 
 A native checkpoint is a directory:
     model.safetensors   the weights (safetensors: no pickle)
-    config.json         {"format": "vitkit", "model": ViTConfig, "preprocess": Preprocess, "class_names": [...]}
+    config.json         {"format": "vitkit", "model": ViTConfig or BiTConfig ("family": "bit"), "preprocess": ...,
+                         "class_names": [...]}
     train_state.pt      optional: optimizer, schedule, step, RNG, data position; read with weights_only=True
 
 Writes are atomic: everything goes to a temporary sibling directory, which is renamed into place; the previous
 checkpoint is moved aside first and removed only after the new one is in place, and `load` falls back to it if a
 crash happened in between. Nothing the user had is lost.
 
-Other formats are recognised by `FORMATS`, a table of (name, detector, reader module): official .npz, Hugging
-Face folders and timm state dicts (vitkit/checkpoint/{npz,hf,timm_sd}.py).
+Other formats are recognised by `FORMATS`, a table of (name, detector, reader module): official .npz (ViT, and BiT
+in vitkit/checkpoint/bit_npz.py), Hugging Face folders and timm state dicts (vitkit/checkpoint/{npz,hf,timm_sd}.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ except ImportError:  # pragma: no cover
     SafetensorsError = Exception
 from safetensors.torch import load_file, save_file
 
-from ..config import ViTConfig
 from ..data.preprocess import Preprocess
 from ..errors import UserError
 from .hub import resolve
@@ -136,12 +136,12 @@ def load_state_dict_strict(model, state: dict, source: str = "checkpoint") -> No
 
 
 def _load_native(path: Path, **_):
-    from ..model import ViT
+    from ..model import config_from_dict, model_from_config
 
     path = _existing(path)
     meta = read_config(path)
     try:
-        cfg = ViTConfig.from_dict(meta["model"])
+        cfg = config_from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path / CONFIG}: invalid model config ({e})") from None
     try:
@@ -150,7 +150,7 @@ def _load_native(path: Path, **_):
         raise UserError(f"{path} has no {WEIGHTS}") from None
     except (SafetensorsError, OSError) as e:
         raise UserError(f"{path / WEIGHTS} is not a readable safetensors file ({e})") from None
-    model = ViT(cfg)
+    model = model_from_config(cfg)
     if state and all(v.dtype == torch.float64 for v in state.values() if v.is_floating_point()):
         model = model.double()  # a float64 checkpoint (e.g. converted for a 1e-9 reference check) stays float64
     load_state_dict_strict(model, state, str(path / WEIGHTS))
@@ -168,6 +168,12 @@ def _is_native(p: Path) -> bool:
         return False
 
 
+def _is_bit_npz(p: Path) -> bool:
+    from .bit_npz import is_bit_npz
+
+    return is_bit_npz(p)
+
+
 def _is_hf(p: Path) -> bool:
     if not (p.is_dir() and (p / CONFIG).exists()):
         return False
@@ -181,6 +187,7 @@ def _is_hf(p: Path) -> bool:
 FORMATS: list[tuple[str, Callable[[Path], bool], str]] = [
     ("vitkit", _is_native, "vitkit.checkpoint.io:_load_native"),
     ("huggingface", _is_hf, "vitkit.checkpoint.hf:load_hf"),
+    ("official-bit-npz", _is_bit_npz, "vitkit.checkpoint.bit_npz:load_bit_npz"),  # before the ViT .npz row
     ("official-npz", lambda p: p.is_file() and p.suffix == ".npz", "vitkit.checkpoint.npz:load_npz"),
     ("timm", lambda p: p.is_file() and p.suffix in (".safetensors", ".pth", ".pt", ".bin"),
      "vitkit.checkpoint.timm_sd:load_timm"),

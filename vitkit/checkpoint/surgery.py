@@ -53,9 +53,9 @@ def _resize_1d(emb: torch.Tensor, new_len: int) -> torch.Tensor:  # (1, n, d) ->
 
 
 def _rebuild(model, cfg: ViTConfig, state: dict):
-    from ..model import ViT
+    from ..model import model_from_config
 
-    new = ViT(cfg)
+    new = model_from_config(cfg)
     missing, unexpected = new.load_state_dict(state, strict=False)
     allowed = {"head.weight", "head.bias"}  # a fresh zero head is intended where the class count changed
     if set(missing) - allowed or unexpected:
@@ -77,12 +77,14 @@ def drop_pre_logits(model):
 
 
 def resize_model(model, image_size: int):
-    """A copy of `model` for a new input resolution, its position embeddings interpolated to the new grid."""
+    """A copy of `model` for a new input resolution, its position embeddings interpolated to the new grid (a BiT
+    ResNet has none: only the resolution its preprocessing resizes to changes)."""
     cfg = model.cfg.replace(image_size=image_size)
     state = dict(model.state_dict())
-    if cfg.pos_embed == "learned":
+    pos_embed = getattr(cfg, "pos_embed", None)
+    if pos_embed == "learned":
         state["pos_embed"] = resize_pos_embed(state["pos_embed"], cfg.grid_size, int(cfg.classifier == "token"))
-    elif cfg.pos_embed == "learned2d":
+    elif pos_embed == "learned2d":
         for k in ("pos_embed_row", "pos_embed_col"):
             state[k] = _resize_1d(state[k], cfg.grid_size)
     new = _rebuild(model, cfg, state)
@@ -96,7 +98,7 @@ def adapt_model(model, num_classes: Optional[int] = None, image_size: Optional[i
     """What `vitkit train --init` does to a pre-trained model before fine-tuning (section 3.2): drop the
     pre-logits layer (unless asked to keep it), new zero head when the class count changes, and 2D-interpolated
     position embeddings when the resolution changes."""
-    if model.cfg.representation_size and not keep_pre_logits:
+    if getattr(model.cfg, "representation_size", None) and not keep_pre_logits:  # (BiT: no pre-logits layer)
         model = drop_pre_logits(model)
     if num_classes is not None and num_classes != model.cfg.num_classes:
         model = reset_head(model, num_classes)

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import resolve_device
 
     model = load(args.checkpoint, device=resolve_device(args.device))
+    if explain_fn is not None and not hasattr(model, "forward_intermediates"):
+        raise UserError(f"--explain draws a ViT's attention rollout; {args.checkpoint} is "
+                        f"{model.cfg.name or 'a model'}, a BiT ResNet, which has no attention")
     results = predict(model, images, args.topk)
     for path, res in zip(args.images, results):
         if args.json:

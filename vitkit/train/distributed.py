@@ -89,13 +89,15 @@ def barrier() -> None:
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, fsdp: bool = False) -> torch.nn.Module:
-    """DDP around the model, or FSDP2 (`fully_shard` on each Transformer block, then on the root)."""
+    """DDP around the model, or FSDP2 (`fully_shard` on each Transformer block -- each residual unit of a BiT
+    ResNet -- then on the root)."""
     if fsdp:
         if not info.enabled:
             return model  # nothing to shard on one process
         from torch.distributed.fsdp import fully_shard
 
-        for blk in model.blocks:
+        blocks = model.blocks if hasattr(model, "blocks") else [unit for stage in model.stages for unit in stage]
+        for blk in blocks:
             fully_shard(blk)
         fully_shard(model)
         return model

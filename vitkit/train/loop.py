@@ -134,11 +134,11 @@ def native_size(ds) -> Optional[int]:
 
 
 def default_config(name: str):
-    """The ViTConfig of variant `name` (plain or hybrid) at its default image size; a UserError lists valid names."""
-    from ..config import variant_config
+    """The config of variant `name` (ViT, hybrid or BiT) at its default image size; a UserError lists valid names."""
+    from ..model import model_config
 
     try:
-        return variant_config(name)
+        return model_config(name)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -147,8 +147,12 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     """(model, preprocess): a fresh variant, or the --init checkpoint (`init_model`, as loaded) adapted to the data
     (section 3.2)."""
     from ..data.preprocess import Preprocess
-    from ..model import ViT, create_model
+    from ..model import create_model, model_from_config
+    from ..resnet import BiTConfig
 
+    bit = isinstance(init_model.cfg if init_model is not None else default_config(s.model), BiTConfig)
+    if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout):
+        raise UserError("--classifier, --pos-embed, --gelu and --dropout are ViT settings; a BiT ResNet has none")
     if init_model is not None:
         from ..checkpoint.surgery import adapt_model
 
@@ -158,15 +162,17 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
         pre = model.preprocess  # resized with the model
         if s.dropout and s.dropout != model.cfg.dropout:
             state = model.state_dict()
-            model = ViT(model.cfg.replace(dropout=s.dropout))
+            model = model_from_config(model.cfg.replace(dropout=s.dropout))
             model.load_state_dict(state)
         return model, pre
     base = default_config(s.model)
-    image_size = s.image_size or (native if native and native % base.stem_stride == 0 else base.image_size)
+    stride = 1 if bit else base.stem_stride  # a ResNet takes any size (global average pooling)
+    image_size = s.image_size or (native if native and native % stride == 0 else base.image_size)
+    vit_only = {} if bit else dict(classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout,
+                                   **({} if s.gelu is None else {"gelu_approximate": GELU[s.gelu]}))
     try:
         model = create_model(s.model, num_classes=num_classes, image_size=image_size, in_chans=data_channels,
-                             classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout,
-                             **({} if s.gelu is None else {"gelu_approximate": GELU[s.gelu]}))
+                             **vit_only)
     except ValueError as e:
         raise UserError(str(e)) from None
     c = data_channels
@@ -464,7 +470,8 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
     core.preprocess, core.class_names = preprocess, data.class_names
     if s.grad_checkpointing:
         core.set_grad_checkpointing(True)
-    core.set_fused_attn(s.attention)
+    if hasattr(core, "set_fused_attn"):  # ViT only: a BiT ResNet has no attention
+        core.set_fused_attn(s.attention)
     if run.saved is not None:  # weights before wrapping (FSDP shards what it is given)
         from safetensors.torch import load_file
 
@@ -555,9 +562,9 @@ def save(path: Path, run: Run, data: Data, plan: Plan, parts: Parts, progress: P
     if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
         full = D.full_model_state(model)
         if run.info.is_main:
-            from ..model import ViT
+            from ..model import model_from_config
 
-            tosave = ViT(parts.core.cfg)
+            tosave = model_from_config(parts.core.cfg)
             tosave.load_state_dict(full)
     if run.info.is_main:
         try:
