@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,19 @@ def test_fsdp_shards_bit_units(tmp_path):
     a, b = vitkit.load(tmp_path / "one" / "checkpoint"), vitkit.load(tmp_path / "fsdp" / "checkpoint")
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=n)
+
+
+def test_fine_tune_from_an_official_bit_npz(tmp_path):
+    """--init an official-layout BiT .npz (the fixture's, 7 classes): a new zero head for the data's 10 classes,
+    the root kernel taken from the file (HWIO -> OIHW) and moved by the two steps."""
+    from fixtures.bit_weights import official_bit_weights
+
+    ref = np.load(Path(__file__).parent / "fixtures" / "bit_reference.npz", allow_pickle=False)
+    weights = official_bit_weights(str(ref["spec"]))
+    np.savez(tmp_path / "bit.npz", **weights)
+    out = tmp_path / "ft"
+    assert main(["train", "--init", str(tmp_path / "bit.npz"), *TINY[2:], "--out", str(out)]) == 0
+    tuned = vitkit.load(out / "checkpoint")
+    assert isinstance(tuned, BiT) and tuned.cfg.num_classes == 10 and tuned.cfg.layers == (2, 2, 1, 1)
+    root = torch.from_numpy(weights["resnet/root_block/standardized_conv2d/kernel"].transpose(3, 2, 0, 1))
+    assert 0 < (tuned.stem.weight - root).abs().max() < 0.1
