@@ -1,10 +1,11 @@
 """vitkit: the Vision Transformer of "An Image is Worth 16x16 Words" (Dosovitskiy et al., ICLR 2021).
 
 Public API:
-    create_model(name, num_classes=..., image_size=...)  -> ViT with fresh weights ("ViT-B/16", "ViT-Mini/7", ...)
+    create_model(name, num_classes=..., image_size=...)  -> ViT with fresh weights ("ViT-B/16", "ViT-Mini/7", ...),
+                                                            or the BiT ResNet baseline ("BiT-R50x1", "BiT-R26x1-S")
     load(path)                                           -> ViT from any checkpoint vitkit reads, with .preprocess
     save_checkpoint(path, model, preprocess, class_names)
-    ViT, ViTConfig, VARIANTS
+    ViT, ViTConfig, VARIANTS, BiT, BiTConfig
 """
 
 from .version import __version__  # noqa: E402,F401
@@ -21,6 +22,7 @@ from .config import LISTED as VARIANTS  # noqa: E402
 from .config import ViTConfig, variant_config  # noqa: E402
 from .data.preprocess import Preprocess  # noqa: E402
 from .model import ViT, create_model  # noqa: E402
+from .resnet import BiT, BiTConfig  # noqa: E402
 
-__all__ = ["create_model", "load", "save_checkpoint", "ViT", "ViTConfig", "VARIANTS", "variant_config",
-           "Preprocess", "__version__"]
+__all__ = ["create_model", "load", "save_checkpoint", "ViT", "ViTConfig", "BiT", "BiTConfig", "VARIANTS",
+           "variant_config", "Preprocess", "__version__"]
