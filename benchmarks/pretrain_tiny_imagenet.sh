@@ -10,6 +10,13 @@ set -euo pipefail
 OUT=${1:-runs/tiny-imagenet-vit-mini8-64}
 shift || true
 DATA=${DATA:-../shared/data}
+# A run interrupted in an earlier session may have been committed (weights, optimizer state, metrics) under
+# benchmarks/pretrain-state/: start from there when OUT has nothing yet.
+STATE="$(dirname "$0")/pretrain-state/$(basename "$OUT")"
+if [ ! -f "$OUT/checkpoint/train_state.pt" ] && [ -f "$STATE/checkpoint/train_state.pt" ]; then
+  mkdir -p "$OUT" && cp -r "$STATE/checkpoint" "$STATE/metrics.jsonl" "$OUT/"
+  echo "pretrain: continuing the committed state in $STATE" >&2
+fi
 resume=()
 [ -f "$OUT/checkpoint/train_state.pt" ] && resume=(--resume)
 exec vitkit train --dataset tiny-imagenet --data-dir "$DATA" --model ViT-Mini/8 --image-size 64 --gelu erf \
