@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .version import __version__
-from .errors import UserError
+from .errors import UserError, missing_package_error
 
 # command -> (one-line help, owning module)
 COMMANDS = {
@@ -55,7 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             except ModuleNotFoundError as e:
                 if e.name and e.name.startswith("vitkit"):
                     raise UserError(f"command {name!r} is not available in this version") from None
-                raise UserError(f"command {name!r} needs the package {e.name!r}: pip install {e.name}") from None
+                raise missing_package_error(e.name or "?", f"command {name!r}") from None
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser
@@ -76,6 +76,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("vitkit: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional package imported where it is first needed
+        if debug or not e.name or e.name.startswith("vitkit"):
+            raise
+        print(f"vitkit: error: {missing_package_error(e.name, f'vitkit {command}')}", file=sys.stderr)
+        return 2
     except (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
         if debug:
             raise

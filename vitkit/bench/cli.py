@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import platform
 import sys
 import time
+import warnings
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, require
 from ..flags import Number, add_deprecated, device
 from ..runtime import resolve_device
 from . import throughput as T
@@ -140,12 +142,17 @@ def build_runners(args, device: torch.device, log) -> list:
     del probe
     peers = args.peers
     bit = isinstance(cfg, BiTConfig)  # the paper's ResNet baseline: the peers here are ViT implementations
-    if peers is None:
-        peers = [] if bit else ["hf"] + (["timm"] if P.timm_available() else [])
-    peers = [p for p in peers if p != "none"]
+    if peers is None and not bit:  # the default: the peers that are installed
+        has_hf = importlib.util.find_spec("transformers") is not None
+        if not has_hf:
+            warnings.warn("bench: no Hugging Face rows, transformers is not installed (pip install transformers)")
+        peers = (["hf"] if has_hf else []) + (["timm"] if P.timm_available() else [])
+    peers = [p for p in peers or [] if p != "none"]
     if bit and peers:
         raise UserError(f"--peers {','.join(peers)}: the peers are ViT implementations; {cfg.name} is a BiT ResNet "
                         f"(bench it with --peers none)")
+    if "hf" in peers:
+        require("transformers", "--peers hf")
     precisions = set(args.precision) | set(args.peer_precision or [])
     unknown = sorted(set(peers) - set(P.PEERS)) + sorted(precisions - {"fp32", "bf16", "fp16"})
     unknown += sorted(set(args.mode) - {"inference", "training"})
@@ -219,7 +226,8 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
-def print_table(report: dict, file=sys.stdout) -> None:
+def print_table(report: dict, file=None) -> None:
+    file = file or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     env, ceil = report["environment"], report["ceilings"]
     print(f"# {report['model']} {report['image_size']}px batch {report['batch']} on {env['device']} "
           f"({env.get('gpu') or env.get('cpu', '')}, {env['threads']} threads), torch {env['torch']}", file=file)

@@ -68,7 +68,7 @@ def _load_npy(path: str):
 
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    from ..errors import UserError
+    from ..errors import UserError, require
     from ..flags import check_writable
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
@@ -79,6 +79,8 @@ def run(args) -> int:
     bad = sorted(set(baselines) - {"ridge", "logreg", "knn"})
     if bad:
         raise UserError(f"unknown baseline(s) {bad}; choose from ridge, logreg, knn")
+    if "logreg" in baselines:  # before features are extracted
+        require("sklearn.linear_model", "--baselines logreg")
     if args.draws < 1:
         raise UserError("--draws must be at least 1")
     if args.train_features or args.test_features:
