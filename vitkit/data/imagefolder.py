@@ -14,9 +14,15 @@ which *is* a valid 300x300 GIF, but of a "We're sorry, this image could not be f
 unusable training image that no content check would catch, and the usual 244/153 image counts of that dataset
 (torchvision's ImageFolder) leave it out the same way. Convert real GIFs to PNG to use them.
 
-The completeness check is cheap: a JPEG must end with its end-of-image marker (0xFFD9) among its last bytes;
-only when it does not (truncated, or trailing data some cameras append) is the image fully decoded to decide.
-A file that still fails to decode later raises an error naming it rather than being silently replaced.
+The completeness check is cheap for the two common formats: a JPEG must end with its end-of-image marker (0xFFD9)
+among its last bytes, and every chunk of a PNG must pass its CRC up to the end chunk (PIL's verify: the file is
+read, nothing is decompressed). Only when that fails (truncated, or trailing data some cameras append), and for
+the rarer formats always, is the image fully decoded to decide. Images larger than PIL's decompression-bomb limit
+are skipped too. A file that still fails to decode later stops the run with one line naming it (also from a
+DataLoader worker) rather than being silently replaced.
+
+Symbolic links are followed, but each real directory is entered once: a link loop, or a link from one class
+folder into another, adds no image twice.
 
 Decoding and resizing to the model's size happen in `__getitem__` (in DataLoader workers) through
 `Preprocess.to_array`, exactly what `vitkit predict` does, so eval on a folder and predict on its files agree.
@@ -44,18 +50,39 @@ def check_image(path: Path) -> str:
     """'' if `path` looks like a complete, decodable still image; otherwise the reason it is not."""
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an accepted image type ({path.suffix or 'no extension'})"
+    if not path.is_file():
+        return "not a file (a broken link?)"
     try:
         with Image.open(path) as im:
             fmt, (w, h) = im.format, im.size
             if w < 1 or h < 1:
                 return "image has no pixels"
-            if fmt == "JPEG" and not _jpeg_has_end(path):
+        if not _complete_without_decoding(path, fmt):
+            with Image.open(path) as im:
                 im.load()  # decide by decoding: raises OSError "image file is truncated" if it is
     except UnidentifiedImageError:
         return "not a readable image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        return f"too large to decode ({' '.join(str(e).split())})"
+    except (OSError, SyntaxError, ValueError) as e:
         return f"corrupt or truncated image ({' '.join(str(e).split())})"
     return ""
+
+
+def _complete_without_decoding(path: Path, fmt: str) -> bool:
+    """The cheap checks: a JPEG ends with its end-of-image marker; every chunk of a PNG, up to its end chunk,
+    passes its CRC (PIL's verify, which reads the file but decompresses nothing). False means: decode to decide
+    (a JPEG with camera data appended, a PNG without its end chunk, and every other format)."""
+    if fmt in ("JPEG", "MPO"):  # MPO: the multi-picture JPEGs some cameras write
+        return _jpeg_has_end(path)
+    if fmt == "PNG":
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, SyntaxError, ValueError):
+            return False
+        return True
+    return False
 
 
 def _jpeg_has_end(path: Path, tail: int = 64) -> bool:
@@ -111,11 +138,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.paths: list[str] = []
         labels: list[int] = []
         self.skipped: list[tuple[str, str]] = []
-        for label, cls in enumerate(self.class_names):
-            cls_dir = split_dir / cls
+        class_dirs = [split_dir / cls for cls in self.class_names]
+        seen = {_dir_key(d) for d in class_dirs if d.is_dir()}  # each class folder is walked as its own class
+        for label, cls_dir in enumerate(class_dirs):
             if not cls_dir.is_dir():
                 continue
-            for p in _walk(cls_dir):
+            for p in _walk(cls_dir, seen):
                 reason = check_image(p)
                 if reason:
                     self.skipped.append((str(p), reason))
@@ -188,6 +216,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         entry["busy"] = True
         try:
             yield from entry["loader"]
+        except UserError as e:  # raised in a worker: the DataLoader wraps it with the worker's traceback
+            raise UserError(_original_message(str(e))) from None
         finally:
             entry["busy"] = False
 
@@ -199,6 +229,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"ImageFolderDataset({str(self.split_dir)!r}, {len(self)} images, {self.num_classes} classes, "
                 f"{len(self.skipped)} skipped)")
+
+
+def _original_message(wrapped: str) -> str:
+    """The message of an error re-raised from a DataLoader worker, without the worker's traceback around it."""
+    last = wrapped.strip().splitlines()[-1] if wrapped.strip() else wrapped
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 class _ChunkSampler:
@@ -215,9 +252,23 @@ class _ChunkSampler:
         return len(self.chunks)
 
 
-def _walk(d: Path):
+def _walk(d: Path, seen: set):
+    """Image candidates under `d`, sorted, following symbolic links but entering each real directory once, so
+    that a link loop (or a link to another class folder, whose keys are in `seen`) adds nothing twice."""
     for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        keep = []
+        for n in sorted(n for n in dirnames if not n.startswith(".")):
+            key = _dir_key(Path(dirpath) / n)
+            if key not in seen:
+                seen.add(key)
+                keep.append(n)
+        dirnames[:] = keep
         for f in sorted(filenames):
             if not f.startswith("."):
                 yield Path(dirpath) / f
+
+
+def _dir_key(d: Path) -> tuple:
+    """What identifies a real directory, whatever links lead to it."""
+    st = d.stat()
+    return st.st_dev, st.st_ino

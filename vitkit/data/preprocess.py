@@ -47,7 +47,7 @@ class Preprocess:
 
     def to_array(self, image) -> np.ndarray:
         """One PIL image -> uint8 array (S, S, C) at the model's size and channel count."""
-        image = image.convert("L" if self.channels == 1 else "RGB")
+        image = to_8bit(image).convert("L" if self.channels == 1 else "RGB")
         size = self.image_size
         if self.crop_pct < 1.0:
             short = round(size / self.crop_pct)
@@ -77,6 +77,22 @@ class Preprocess:
         return self.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))
 
 
+WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale, and 32-bit integer
+
+
+def to_8bit(image):
+    """A 16-bit greyscale image (PIL modes "I;16*", and "I", the 32-bit mode PIL also holds 16-bit pixels in)
+    scaled to 8 bits: 0..65535 -> 0..255, rounded (v / 257). PIL's own convert("L") clips these modes at 255,
+    which turns all but the darkest 0.4 % of the range white. Other modes are returned as they are (PIL
+    already reads 16-bit RGB(A) PNGs as 8-bit RGB(A))."""
+    if image.mode not in WIDE_INTEGER_MODES:
+        return image
+    from PIL import Image
+
+    wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def open_image(path):
     """Open an image file fully (so a truncated file fails here, not later), or raise a one-line UserError."""
     from PIL import Image, UnidentifiedImageError
@@ -91,5 +107,8 @@ def open_image(path):
         raise UserError(f"image {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"image {path} is a directory, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"image {path} is too large to decode safely ({' '.join(str(e).split())}); resize it "
+                        "first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
