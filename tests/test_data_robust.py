@@ -209,3 +209,24 @@ def test_every_colour_mode_comes_out_rgb(tmp_path):
     assert got == {"cmyk.tif": red, "palette-transparency.png": red, "rgba.png": red, "grey-alpha.png": grey,
                    "bilevel.png": (255, 255, 255), "grey16.png": grey}
     assert all(d[i][0].shape == (3, 8, 8) for i in range(len(d)))
+
+
+def test_tiny_imagenet_decode_gives_rgb_for_every_mode():
+    from vitkit.data.tinyimagenet import decode
+
+    def encoded(image: Image.Image, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        return buf.getvalue()
+
+    pal = Image.new("P", (64, 64))
+    pal.putpalette([0, 0, 255, 255, 0, 0] + [0] * 762)
+    pal.info["transparency"] = 1
+    cases = {"grey": (encoded(Image.new("L", (64, 64), 90), "JPEG"), (90, 90, 90)),
+             "cmyk": (encoded(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG"), (255, 0, 0)),
+             "palette+alpha": (encoded(pal, "PNG"), (0, 0, 255)),
+             "rgba 32x32": (encoded(Image.new("RGBA", (32, 32), (0, 255, 0, 10)), "PNG"), (0, 255, 0))}
+    for name, (data, rgb) in cases.items():
+        x = decode(data, name)
+        assert x.shape == (3, 64, 64) and x.dtype == np.uint8, name
+        assert np.abs(x[:, 30, 30].astype(int) - rgb).max() <= 3, (name, x[:, 30, 30])
