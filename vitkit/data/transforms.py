@@ -231,11 +231,11 @@ class RandAugment:
     (the TF implementation's grey); Color is a no-op on 1-channel images. An op is run once per slot on the
     subset of images that drew it, so the cost is ~num_ops full-batch passes whatever the batch size.
 
-    Why not kornia (0.9.0, measured in data/README.md): its RandAugment draws one policy per *batch* (every image
-    in a batch gets the same ops), draws from torch's global RNG rather than a passed generator (no exact
-    resume), works on float only, crashes on 1-channel images when it draws Saturation, and would add kornia and
-    kornia-rs as dependencies. It is ~2.5x faster at 28 px (where both cost well under a training step) and
-    ~3x slower at 224 px.
+    Why not kornia (0.9.0): its RandAugment draws one policy per *batch* (every image in a batch gets the same
+    ops), draws from torch's global RNG rather than a passed generator (no exact resume), works on float only,
+    crashes on 1-channel images when it draws Saturation, and would add kornia and kornia-rs as dependencies.
+    Speed decides neither way (faster on small images, slower on large ones: the measurements are in
+    vitkit/data/README.md).
     """
 
     OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
