@@ -65,7 +65,7 @@ def test_analyze_without_matplotlib_is_one_line(monkeypatch, capsys, tmp_path):
 
 def test_bench_without_transformers_skips_the_hf_rows(monkeypatch, capsys):
     hide(monkeypatch, "transformers", "timm")
-    args = ["bench", "--model", "ViT-testing/4", "--image-size", "16", "--batch", "2", "--mode", "inference",
+    args = ["bench", "--model", "ViT-testing/4", "--image-size", "16", "--batch-size", "2", "--mode", "inference",
             "--precision", "fp32", "--repeats", "1", "--warmup", "1", "--ceiling-n", "32", "--no-memory", "--quiet"]
     with pytest.warns(UserWarning, match=r"no Hugging Face rows.*\(pip install transformers\)"):
         assert main(args) == 0
