@@ -93,3 +93,14 @@ def test_training_logs_without_tensorboard(monkeypatch, tmp_path):
     log.log({"step": 1, "loss": 2.5})
     log.close()
     assert log.tb is None and (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.5}\n'
+
+
+def test_onnx_export_without_onnxscript_is_one_line(monkeypatch, capsys, tmp_path):
+    from vitkit import create_model
+    from vitkit.checkpoint.io import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", create_model("ViT-testing/4", num_classes=3, image_size=16))
+    hide(monkeypatch, "onnxscript", "onnx")
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "onnx", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install onnx onnxscript" in one_error_line(capsys)
+    assert not (tmp_path / "m.onnx").exists()
