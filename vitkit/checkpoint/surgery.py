@@ -36,7 +36,7 @@ def resize_pos_embed(posemb: torch.Tensor, new_grid: int, num_prefix_tokens: int
         return posemb
     try:
         import scipy.ndimage
-    except ImportError:  # pragma: no cover - scipy ships with the test, analysis and interop extras
+    except ImportError:  # pragma: no cover - scipy is a dependency; this serves installs made without it
         g = grid.reshape(old, old, -1).permute(2, 0, 1)[None].double()  # (1, D, g, g)
         g = F.interpolate(g, size=(new_grid, new_grid), mode="bilinear", align_corners=True)
         g = g[0].permute(1, 2, 0).reshape(1, new_grid * new_grid, -1).to(posemb.dtype)
