@@ -30,7 +30,7 @@ def test_photos_from_scratch():
     facts = DataFacts(n_train=240, num_classes=10, grey=False, median_side=375, folder=True)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
     assert changes == {"image_size": 64, "model": SCRATCH_MODEL, "batch_size": 16, "steps": MIN_STEPS,
-                       "crop": "pad"}
+                       "eval_every": MIN_STEPS // 4, "crop": "pad"}
     assert len(why) == len(changes)
     assert "flip" not in changes  # colour photos keep the recipe's flips
 
@@ -44,7 +44,7 @@ def test_characters_small_images_no_flips():
 
 def test_given_flags_win_and_named_datasets_keep_their_recipe():
     facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28, folder=True)
-    given = {"image_size", "model", "batch_size", "epochs", "flip", "crop"}
+    given = {"image_size", "model", "batch_size", "epochs", "flip", "crop"}  # eval_every follows the steps
     assert plan(given, recipe_batch=128, recipe_epochs=5, facts=facts) == ({}, [])
     named = DataFacts(n_train=30000, num_classes=10, grey=True, median_side=None, folder=False)
     assert plan(set(), recipe_batch=128, recipe_epochs=5, facts=named) == ({}, [])

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 MIN_STEPS = 600  # optimizer steps for a small dataset, from scratch or fine-tuning
+EVALS = 4  # evaluations in a run of MIN_STEPS (the last one at the end)
 MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
@@ -95,6 +96,9 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
         if math.ceil(recipe_epochs * (facts.n_train // batch)) < MIN_STEPS:
             changes["steps"] = MIN_STEPS
             why.append(f"{MIN_STEPS} steps ({MIN_STEPS * batch / facts.n_train:.0f} epochs)")
+            if "eval_every" not in given:  # every epoch would be dozens of passes over the test split
+                changes["eval_every"] = MIN_STEPS // EVALS
+                why.append(f"evaluated every {MIN_STEPS // EVALS} steps")
     if facts.grey and "flip" not in given:
         changes["flip"] = False
         why.append("no flips (greyscale images: characters?)")
