@@ -5,6 +5,7 @@ expectations; the real validation split in shared/data is checked where present.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -95,6 +96,9 @@ def test_zip_read_in_place_equals_the_folder(tmp_path, monkeypatch):
     _write_folder(tmp_path / "folder", files)
     z = _write_zip(tmp_path / "zipped" / tin.ZIP_NAME, files)
     monkeypatch.setattr(tin, "ZIP_BYTES", z.stat().st_size)  # the fake zip stands in for the official one
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_dataset("tiny-imagenet", "train", data_dir=tmp_path / "zipped")
+    monkeypatch.setattr(tin, "ZIP_MD5", hashlib.md5(z.read_bytes()).hexdigest())
     for split in ("train", "test"):
         a = load_dataset("tiny-imagenet", split, data_dir=tmp_path / "folder")
         b = load_dataset("tiny-imagenet", split, data_dir=tmp_path / "zipped")

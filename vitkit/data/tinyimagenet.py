@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .datasets import ArrayDataset, _download, _roots, cache_dir
+from .datasets import ArrayDataset, _download, _roots, cache_dir, md5sum
 
 FOLDER = "tiny-imagenet-200"
 ZIP_NAME = "tiny-imagenet-200.zip"
@@ -255,6 +255,11 @@ def load_tiny_imagenet(split: str = "train", data_dir=None, download: bool = Fal
         except (OSError, ValueError, KeyError, EOFError):  # a damaged cache file is decoded again
             images = None
     if images is None:
+        if src.zip is not None and ZIP_MD5:  # checked once, before decoding; the cache is keyed by size and time
+            got = md5sum(src.where)
+            if got != ZIP_MD5:
+                raise UserError(f"{src.where}: checksum mismatch: expected md5 {ZIP_MD5} (the official "
+                                f"{ZIP_NAME}), got {got}")
         if verbose:
             print(f"vitkit: decoding {len(files):,} tiny-imagenet {split} images from {src.where} "
                   f"(once; cached as uint8 in {path.parent if path else 'memory'})", file=sys.stderr)
