@@ -250,16 +250,17 @@ def test_write_explanation(tiny_ckpt):
     import vitkit
     from vitkit.analysis.explain import open_image, write_explanation
 
-    model = vitkit.load(tiny_ckpt / "ck")
-    res = write_explanation(model, open_image(tiny_ckpt / "im0.png"), tiny_ckpt / "ex" / "e.png", topk=2)
+    loaded = vitkit.load(tiny_ckpt / "ck")
+    model = loaded.model
+    res = write_explanation(loaded, open_image(tiny_ckpt / "im0.png"), tiny_ckpt / "ex" / "e.png", topk=2)
     assert (tiny_ckpt / "ex" / "e.png").read_bytes()[:4] == b"\x89PNG"
     assert [t["class"] for t in res["topk"]][0] in ("cat", "dog", "bird") and len(res["topk"]) == 2
     assert res["topk"][0]["prob"] >= res["topk"][1]["prob"] and "[class] token" in res["label"]
-    x = model.preprocess([open_image(tiny_ckpt / "im0.png")])
+    x = loaded.preprocess([open_image(tiny_ckpt / "im0.png")])
     ref = attention_rollout(collect_attention(model, x)["attn"])[0, 0, 1:].reshape(4, 4)
     np.testing.assert_allclose(np.array(res["map"]), ref, atol=1e-6)
     with pytest.raises(UserError, match="cannot read image"):
-        write_explanation(model, tiny_ckpt / "broken.png", tiny_ckpt / "e2.png")
+        write_explanation(loaded, tiny_ckpt / "broken.png", tiny_ckpt / "e2.png")
     with pytest.raises(UserError, match="does not exist"):
         write_explanation(model, tiny_ckpt / "missing.png", tiny_ckpt / "e2.png")
 
@@ -319,7 +320,7 @@ def test_rollout_from_an_official_npz_equals_the_native_one(tmp_path):
 
     model = _tiny()
     npz.save_npz(model, tmp_path / "m.npz")
-    loaded = vitkit.load(tmp_path / "m.npz")
+    loaded = vitkit.load(tmp_path / "m.npz").model
     x = torch.randn(2, 3, 16, 16)
     a, b = collect_attention(model, x), collect_attention(loaded, x)
     np.testing.assert_allclose(attention_rollout(b["attn"]), attention_rollout(a["attn"]), atol=1e-6)
@@ -339,7 +340,7 @@ def test_rollout_of_a_hugging_face_model_matches_its_own_attentions(tmp_path):
     for p in hf.parameters():
         p.data.normal_(0, 0.5)
     hf.save_pretrained(tmp_path / "hf")
-    model = vitkit.load(tmp_path / "hf")
+    model = vitkit.load(tmp_path / "hf").model
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         hf.config._attn_implementation = "eager"  # the path that returns the softmax weights

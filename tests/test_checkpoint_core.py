@@ -65,16 +65,20 @@ def test_adapt_model_new_classes_new_resolution():
     assert new(torch.randn(2, 3, 24, 24)).shape == (2, 7)
 
 
-def test_adapt_model_resizes_the_preprocessing_with_the_model():
+def test_adapt_resizes_the_preprocessing_with_the_model():
     from PIL import Image
 
+    from vitkit.checkpoint.surgery import adapt
     from vitkit.data.preprocess import Preprocess
+    from vitkit.runtime import LoadedModel
 
     m = _model()
-    m.preprocess = Preprocess(image_size=m.cfg.image_size, resize="bicubic")
-    new = adapt_model(m, image_size=24)
+    loaded = LoadedModel(m, Preprocess(image_size=m.cfg.image_size, resize="bicubic"), list("abcd"))
+    new = adapt(loaded, image_size=24)
     assert new.preprocess == Preprocess(image_size=24, resize="bicubic")  # only the size changed
+    assert new.class_names == list("abcd") and new.config.image_size == 24
     assert new(new.preprocess([Image.new("RGB", (50, 30))])).shape == (1, 4)
+    assert adapt(loaded, num_classes=3).class_names == ["0", "1", "2"]  # a new head: the old names are gone
 
 
 def test_reset_head_and_drop_pre_logits():
@@ -90,7 +94,8 @@ def test_save_load_round_trip(tmp_path):
     save_checkpoint(tmp_path / "ck", m, pre, ["a", "b", "c", "d"], train_state={"step": torch.tensor(3)})
     loaded = vitkit.load(tmp_path / "ck")
     x = torch.randn(2, 3, 16, 16)
-    assert torch.equal(loaded(x), m(x))
+    assert torch.equal(loaded(x), m(x))  # vitkit.load(path)(x) runs the model
+    assert loaded.source == "vitkit" and loaded.config == m.cfg and not hasattr(loaded.model, "preprocess")
     assert loaded.preprocess == pre and loaded.class_names == ["a", "b", "c", "d"]
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["format"] == "vitkit"
 
@@ -110,7 +115,7 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(Boom):
         save_checkpoint(tmp_path / "ck", m2, train_state={"step": 1})
-    loaded = vitkit.load(tmp_path / "ck")  # the old checkpoint is intact
+    loaded = vitkit.load(tmp_path / "ck").model  # the old checkpoint is intact
     assert torch.equal(loaded.head.bias, m.head.bias)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
@@ -119,7 +124,7 @@ def test_load_falls_back_to_previous_after_crash_between_renames(tmp_path):
     m = _model()
     save_checkpoint(tmp_path / "ck", m)
     (tmp_path / "ck").rename(tmp_path / ".ck.old")  # the state a crash between the two renames leaves
-    assert torch.equal(vitkit.load(tmp_path / "ck").head.bias, m.head.bias)
+    assert torch.equal(vitkit.load(tmp_path / "ck").model.head.bias, m.head.bias)
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes():
@@ -135,10 +140,10 @@ def test_shape_mismatch_names_tensor_and_both_shapes():
 
 def test_load_rejects_non_checkpoints(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        vitkit.load(tmp_path / "nope")
+        vitkit.load(tmp_path / "nope").model
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="not a checkpoint vitkit reads"):
-        vitkit.load(tmp_path / "notes.txt")
+        vitkit.load(tmp_path / "notes.txt").model
 
 
 def test_preprocess_pil_to_tensor():
@@ -156,7 +161,85 @@ def test_preprocess_pil_to_tensor():
 def test_float64_checkpoint_stays_float64(tmp_path):
     m = _model().double()
     save_checkpoint(tmp_path / "ck", m)
-    loaded = vitkit.load(tmp_path / "ck")
+    loaded = vitkit.load(tmp_path / "ck").model
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     assert loaded.pos_embed.dtype == torch.float64
     assert torch.equal(loaded(x), m(x))
+
+
+# -- what load() refuses, and what a LoadedModel carries ---------------------------------------------------------
+def _poison_safetensors(f):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(f))
+    name = next(k for k in sorted(state) if "blocks.0" in k or "encoderblock_0" in k or "layer.0" in k)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(f), metadata={"format": "pt"})
+
+
+def test_non_finite_weights_are_refused_by_every_reader(tmp_path):
+    from vitkit.checkpoint.hf import save_hf
+    from vitkit.checkpoint.npz import save_npz
+    from vitkit.checkpoint.timm_sd import save_timm
+
+    m = _model()
+    save_checkpoint(tmp_path / "ck", m)
+    _poison_safetensors(tmp_path / "ck" / "model.safetensors")
+    save_hf(m, tmp_path / "hf")
+    _poison_safetensors(tmp_path / "hf" / "model.safetensors")
+    save_timm(m, tmp_path / "t.safetensors")
+    _poison_safetensors(tmp_path / "t.safetensors")
+    save_npz(m, tmp_path / "m.npz")
+    flat = dict(np.load(tmp_path / "m.npz", allow_pickle=False))
+    k = next(k for k in sorted(flat) if "encoderblock_0" in k and k.endswith("kernel"))
+    flat[k] = np.full_like(flat[k], np.inf)
+    np.savez(tmp_path / "m.npz", **flat)
+    for path in ("ck", "hf", "t.safetensors", "m.npz"):
+        with pytest.raises(UserError, match=r"tensor \S+ has non-finite values") as e:
+            vitkit.load(tmp_path / path)
+        assert path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_class_names_must_name_every_output(tmp_path):
+    save_checkpoint(tmp_path / "ck", _model(), class_names=list("abcd"))
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["class_names"] = ["a", "b"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="2 class names for a head of 4 classes"):
+        vitkit.load(tmp_path / "ck")
+
+
+def test_predict_and_explain_take_a_bare_model():
+    """A model from create_model() has no checkpoint: predict and explain use the default preprocessing and
+    classes "0".."k-1", as evaluate does (predict used to crash on it)."""
+    from PIL import Image
+
+    from vitkit.analysis.explain import explain
+    from vitkit.eval.predict import predict
+
+    m = _model()
+    top = predict(m, [Image.new("RGB", (20, 20), (200, 10, 10))], topk=4)[0]
+    assert sorted(c for c, _ in top) == ["0", "1", "2", "3"] and sum(p for _, p in top) == pytest.approx(1.0)
+    loaded = vitkit.runtime.as_loaded(m)
+    assert predict(loaded, [Image.new("RGB", (20, 20), (200, 10, 10))], topk=4)[0] == top
+    assert explain(m, Image.new("RGB", (20, 20)), topk=2)["map"].shape == (4, 4)
+
+
+def test_eval_refuses_a_dataset_with_fewer_classes_than_the_head(tmp_path, capsys):
+    """A label is a class by its index: a 4-class head on 2-class data would score against the wrong classes."""
+    from PIL import Image
+
+    from vitkit.cli import main
+
+    for split in ("train", "val"):
+        for c in range(2):
+            d = tmp_path / "folder" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 20), (100 * c, 50, 50)).save(d / f"{i}.png")
+    save_checkpoint(tmp_path / "ck", _model())
+    assert main(["eval", str(tmp_path / "ck"), "--dataset", f"imagefolder:{tmp_path / 'folder'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vitkit: error:") and "has 2 classes but the checkpoint's head has 4" in err
+    assert len(err.splitlines()) == 1

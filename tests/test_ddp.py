@@ -71,14 +71,14 @@ def test_two_ranks_ddp_match_one_rank(runs):
     assert len(one) == 4 and one[0] != one[-1]
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     assert ev1 == ev2  # sharded evaluation, all-reduced, counts every test image once
-    assert vitkit.load(runs / "ddp" / "checkpoint").cfg.num_classes == 10
+    assert vitkit.load(runs / "ddp" / "checkpoint").model.cfg.num_classes == 10
 
 
 def test_fsdp_two_ranks_match_one_rank(runs):
     one, _ = _losses(runs / "one")
     fsdp, _ = _losses(runs / "fsdp")
     np.testing.assert_allclose(fsdp, one, rtol=0, atol=1e-5)
-    a, b = vitkit.load(runs / "fsdp" / "checkpoint"), vitkit.load(runs / "one" / "checkpoint")
+    a, b = vitkit.load(runs / "fsdp" / "checkpoint").model, vitkit.load(runs / "one" / "checkpoint").model
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):  # full weights were gathered
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-4, msg=k)
 

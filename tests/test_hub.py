@@ -215,7 +215,7 @@ def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monke
     assert (mine["name"], mine["shipped"], mine["dataset"], mine["image_size"], mine["top1"], mine["url"]) == (
         "vit-tiny-fmnist", True, "fashion-mnist", 28, 12.5, None)
     assert mine["params"] == model.num_params()
-    assert same_weights(vitkit.load("vit-tiny-fmnist"), model)
+    assert same_weights(vitkit.load("vit-tiny-fmnist").model, model)
 
 
 def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypatch, capsys):
@@ -230,7 +230,7 @@ def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypa
     assert main(["predict", "vit-tiny-fmnist", str(img), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["top"][0]["class"].startswith("c")
     assert main(["convert", "vit-tiny-fmnist", str(tmp_path / "copy")]) == 0
-    assert same_weights(vitkit.load(tmp_path / "copy"), vitkit.load("vit-tiny-fmnist"))
+    assert same_weights(vitkit.load(tmp_path / "copy").model, vitkit.load("vit-tiny-fmnist").model)
     assert main(["train", "--init", "vit-tiny-fmnist", "--steps", "2", "--batch-size", "16", "--limit-train", "32",
                  "--limit-test", "32", "--precision", "fp32", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
@@ -240,14 +240,14 @@ def test_a_local_path_wins_over_a_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hub, "BUCKET", closed_port_url("/vit_models/"))  # a download would fail loudly
     model = make_shipped(tmp_path / "imagenet21k", name="ViT-B_16")
-    assert same_weights(vitkit.load("imagenet21k/ViT-B_16"), model)
+    assert same_weights(vitkit.load("imagenet21k/ViT-B_16").model, model)
 
 
 def test_unknown_names_are_refused_with_the_nearest_ones():
     with pytest.raises(UserError, match=r"does not exist.*did you mean imagenet21k/ViT-B_16\b.*--pretrained"):
-        vitkit.load("imagenet21k/ViT-B_61")
+        vitkit.load("imagenet21k/ViT-B_61").model
     with pytest.raises(UserError, match="does not exist") as e:
-        vitkit.load("runs/none/checkpoint")
+        vitkit.load("runs/none/checkpoint").model
     assert "did you mean" not in str(e.value)
 
 
@@ -261,12 +261,12 @@ def test_every_augreg_index_file_resolves_by_name():
 # -- downloads ----------------------------------------------------------------------------------------------------
 def test_url_download_is_cached_and_not_repeated(server, cache):
     url = server.serve("/models/vit_token.npz")
-    model = vitkit.load(url)
-    assert same_weights(model, vitkit.load(FIX / "vit_token.npz")) and model.source_format == "official-npz"
+    loaded = vitkit.load(url)
+    assert same_weights(loaded.model, vitkit.load(FIX / "vit_token.npz").model) and loaded.source == "official-npz"
     dest = hub.cache_path(url)
     assert dest == cache / f"127.0.0.1_{server.httpd.server_port}" / "models" / "vit_token.npz"
     assert dest.read_bytes() == BODY and leftovers(cache) == ["vit_token.npz"]
-    vitkit.load(url)
+    vitkit.load(url).model
     assert main(["convert", url, str(cache.parent / "out")]) == 0
     assert server.hits == {"/models/vit_token.npz": 1}
 
@@ -274,10 +274,10 @@ def test_url_download_is_cached_and_not_repeated(server, cache):
 def test_a_registry_name_downloads_from_its_official_url(server, monkeypatch):
     monkeypatch.setattr(hub, "BUCKET", server.base + "/vit_models/")
     server.serve("/vit_models/imagenet21k+imagenet2012/ViT-B_16.npz")
-    model = vitkit.load("imagenet21k+imagenet2012/ViT-B_16")
-    assert same_weights(model, vitkit.load(FIX / "vit_token.npz"))
+    model = vitkit.load("imagenet21k+imagenet2012/ViT-B_16").model
+    assert same_weights(model, vitkit.load(FIX / "vit_token.npz").model)
     server.routes.clear()  # cached: the server is not asked again
-    vitkit.load("imagenet21k+imagenet2012/ViT-B_16")
+    vitkit.load("imagenet21k+imagenet2012/ViT-B_16").model
     assert server.hits == {"/vit_models/imagenet21k+imagenet2012/ViT-B_16.npz": 1}
 
 
@@ -306,14 +306,14 @@ def test_without_network_one_line_says_where_to_put_the_file(cache, capsys):
     assert len(err) == 1 and url in err[0] and f"put it at {hub.cache_path(url)}" in err[0]
     hub.cache_path(url).parent.mkdir(parents=True, exist_ok=True)  # put there by hand: used without asking the network
     hub.cache_path(url).write_bytes(BODY)
-    assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
+    assert same_weights(vitkit.load(url).model, vitkit.load(FIX / "vit_token.npz").model)
 
 
 def test_no_download_setting_refuses_before_any_request(server, cache, monkeypatch):
     monkeypatch.setenv("VITKIT_NO_DOWNLOAD", "1")
     url = server.serve("/n.npz")
     with pytest.raises(UserError, match=r"VITKIT_NO_DOWNLOAD.*put it at .*n\.npz"):
-        vitkit.load(url)
+        vitkit.load(url).model
     assert server.hits == {} and leftovers(cache) == []
 
 
@@ -356,7 +356,7 @@ def test_size_and_sha256_are_checked(server, cache):
 def test_a_killed_download_leaves_nothing_trusted_and_a_rerun_completes(server, cache):
     url = server.serve("/k.npz", mode="stall")
     env = dict(os.environ, VITKIT_CACHE=str(cache), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", f"import vitkit; vitkit.load({url!r})"], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", f"import vitkit; vitkit.load({url!r}).model"], env=env,
                             stderr=subprocess.PIPE)
     part = hub.cache_path(url).with_name("k.npz.part")
     deadline = time.time() + 60
@@ -367,9 +367,9 @@ def test_a_killed_download_leaves_nothing_trusted_and_a_rerun_completes(server, 
     proc.wait(timeout=30)
     assert not hub.cache_path(url).exists()  # only the .part file, which nothing loads
     with pytest.raises(UserError, match="does not exist|not a checkpoint"):
-        vitkit.load(part)  # not even by its own name: it has no format suffix
+        vitkit.load(part).model  # not even by its own name: it has no format suffix
     server.serve("/k.npz")
-    assert same_weights(vitkit.load(url), vitkit.load(FIX / "vit_token.npz"))
+    assert same_weights(vitkit.load(url).model, vitkit.load(FIX / "vit_token.npz").model)
     assert server.hits["/k.npz"] == 2 and leftovers(cache) == ["k.npz"]
 
 
@@ -415,7 +415,7 @@ def test_two_processes_asking_for_one_url_download_it_once(server, cache):
 def test_urls_naming_no_readable_file_are_refused_before_any_request(server):
     for path in ("/model.onnx", "/folder/", "/"):
         with pytest.raises(UserError, match="URL"):
-            vitkit.load(server.base + path)
+            vitkit.load(server.base + path).model
     assert server.hits == {}
     a, b = hub.cache_path("https://h/m.npz?v=1"), hub.cache_path("https://h/m.npz?v=2")
     assert a != b and a.suffix == b.suffix == ".npz"

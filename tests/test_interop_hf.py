@@ -32,14 +32,15 @@ def _hf_model(cls=None, **kw):
 def test_hf_to_vitkit_parity(tmp_path):
     hf = _hf_model()
     hf.save_pretrained(tmp_path / "hf")
-    model = vitkit.load(tmp_path / "hf")
-    assert model.source_format == "huggingface"
+    loaded = vitkit.load(tmp_path / "hf")
+    model = loaded.model
+    assert loaded.source == "huggingface"
     assert (model.cfg.layer_norm_eps, model.cfg.gelu_approximate) == (1e-12, "none")
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         want, got = hf(pixel_values=x).logits, model(x)
     assert (want - got).abs().max() <= 1e-5
-    assert model.class_names == [f"LABEL_{i}" for i in range(5)]
+    assert loaded.class_names == [f"LABEL_{i}" for i in range(5)]
     # through the CLI into a vitkit checkpoint and back out to HF: the same tensors
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
     assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "hf2"), "--to", "hf"]) == 0
@@ -50,7 +51,7 @@ def test_hf_to_vitkit_parity(tmp_path):
 
 def test_vitkit_to_hf_official_numerics(tmp_path):
     """An official checkpoint written as HF keeps eps 1e-6 and tanh GELU: transformers reproduces its logits."""
-    model = vitkit.load(FIX / "vit_token.npz")
+    model = vitkit.load(FIX / "vit_token.npz").model
     assert main(["convert", str(FIX / "vit_token.npz"), str(tmp_path / "hf"), "--to", "hf"]) == 0
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert cfg["hidden_act"] == "gelu_pytorch_tanh" and cfg["layer_norm_eps"] == 1e-6
@@ -66,7 +67,7 @@ def test_vitkit_to_hf_official_numerics(tmp_path):
 def test_hf_vitmodel_pooler_is_pre_logits(tmp_path):
     hf = _hf_model(transformers.ViTModel)
     hf.save_pretrained(tmp_path / "m")
-    model = vitkit.load(tmp_path / "m", num_classes=3)
+    model = vitkit.load(tmp_path / "m", num_classes=3).model
     assert model.cfg.representation_size == 32 and model.cfg.num_classes == 3
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -85,9 +86,9 @@ def test_hf_vitmodel_pooler_is_pre_logits(tmp_path):
 
 def test_hf_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(UserError, match="global average pooling"):
-        vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "vit_gap_oldkeys.npz"), tmp_path / "x")
+        vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "vit_gap_oldkeys.npz").model, tmp_path / "x")
     with pytest.raises(UserError, match="hybrid ResNet"):
-        vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "hybrid_r2.npz"), tmp_path / "y")
+        vitkit.checkpoint.hf.save_hf(vitkit.load(FIX / "hybrid_r2.npz").model, tmp_path / "y")
 
 
 def test_hf_weights_only_bin_and_bad_folder(tmp_path):
@@ -99,11 +100,11 @@ def test_hf_weights_only_bin_and_bad_folder(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
     torch.save(load_file(str(tmp_path / "hf" / "model.safetensors")), tmp_path / "bin" / "pytorch_model.bin")
-    model = vitkit.load(tmp_path / "bin")
+    model = vitkit.load(tmp_path / "bin").model
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (hf(pixel_values=x).logits - model(x)).abs().max() <= 1e-5
     f = tmp_path / "hf" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
     with pytest.raises(UserError, match="model.safetensors"):
-        vitkit.load(tmp_path / "hf")
+        vitkit.load(tmp_path / "hf").model

@@ -20,7 +20,7 @@ FIX = Path(__file__).parent / "fixtures"
 @pytest.mark.parametrize("base", ["vit_token", "vit_gap_oldkeys", "hybrid_r2", "vit_prelogits"])
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_timm_round_trip(tmp_path, base, suffix):
-    model = vitkit.load(FIX / f"{base}.npz")
+    model = vitkit.load(FIX / f"{base}.npz").model
     out = tmp_path / f"m{suffix}"
     assert main(["convert", str(FIX / f"{base}.npz"), str(out)]) == 0
     if suffix == ".safetensors":
@@ -32,7 +32,8 @@ def test_timm_round_trip(tmp_path, base, suffix):
     assert ("patch_embed.backbone.stem.conv.weight" in keys) == (base == "hybrid_r2")
     assert ("pre_logits.fc.weight" in keys) == (base == "vit_prelogits")
     back = load(out, num_heads=model.cfg.num_heads)
-    assert back.source_format == "timm"
+    assert back.source == "timm"
+    back = back.model
     if suffix == ".safetensors":  # vitkit metadata: config (official numerics) restored exactly
         assert back.cfg == model.cfg
     else:  # shapes only: a timm model, exact GELU
@@ -54,21 +55,21 @@ def test_timm_bad_files(tmp_path):
     torch.save({"w": torch.zeros(1), "obj": Thing()}, tmp_path / "obj.pth")
     for p in (evil, tmp_path / "obj.pth"):
         with pytest.raises(UserError, match="arbitrary unpickling|not a readable"):
-            vitkit.load(p)
+            vitkit.load(p).model
     good = tmp_path / "m.safetensors"
     main(["convert", str(FIX / "vit_token.npz"), str(good)])
     trunc = tmp_path / "t.safetensors"
     trunc.write_bytes(good.read_bytes()[:3000])
     with pytest.raises(UserError, match="t.safetensors"):
-        vitkit.load(trunc)
+        vitkit.load(trunc).model
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match=r"foo\.weight"):
-        vitkit.load(tmp_path / "other.pth")
-    sd = vitkit.load(FIX / "vit_token.npz").state_dict()
+        vitkit.load(tmp_path / "other.pth").model
+    sd = vitkit.load(FIX / "vit_token.npz").model.state_dict()
     sd["fc_norm.weight"] = torch.ones(16)
     torch.save(sd, tmp_path / "fc.pth")
     with pytest.raises(UserError, match="fc_norm"):
-        vitkit.load(tmp_path / "fc.pth")
+        vitkit.load(tmp_path / "fc.pth").model
 
 
 def test_bad_pth_cli_one_line(tmp_path, capsys):

@@ -120,16 +120,17 @@ def test_flip_tta_averages_the_probabilities_of_image_and_mirror(tiny_run):
     from vitkit.data.datasets import load_dataset
     from vitkit.eval.evaluate import evaluate
 
-    model = vitkit.load(tiny_run[0] / "checkpoint").eval()
+    loaded = vitkit.load(tiny_run[0] / "checkpoint")
+    model = loaded.model.eval()
     ds, idx = load_dataset("embedded", "test"), torch.arange(64)
-    r = evaluate(model, ds, batch_size=24, indices=idx, tta="flip")
-    x = model.preprocess.normalize(torch.as_tensor(ds.images[:64]))
+    r = evaluate(loaded, ds, batch_size=24, indices=idx, tta="flip")
+    x = loaded.preprocess.normalize(torch.as_tensor(ds.images[:64]))
     y = torch.as_tensor(ds.labels[:64]).long()
     with torch.no_grad():
         p = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2
     assert r["top1"] == pytest.approx(float((p.argmax(-1) == y).float().mean()))
     assert r["loss"] == pytest.approx(float(F.nll_loss(p.log(), y)), rel=1e-5)
-    assert r["loss"] != pytest.approx(evaluate(model, ds, batch_size=24, indices=idx)["loss"])  # mirror was used
+    assert r["loss"] != pytest.approx(evaluate(loaded, ds, batch_size=24, indices=idx)["loss"])  # mirror was used
     with pytest.raises(UserError, match="test-time augmentation 'rot'"):
         evaluate(model, ds, indices=idx, tta="rot")
 
@@ -138,13 +139,13 @@ def test_gelu_flag_sets_a_fresh_model_and_is_refused_with_init(tiny_run, tmp_pat
     import torch.nn.functional as F
 
     r = train(TrainSettings(**TINY, steps=1, gelu="erf", out=str(tmp_path / "erf")))
-    model = vitkit.load(r["checkpoint"])
+    model = vitkit.load(r["checkpoint"]).model
     assert model.cfg.gelu_approximate == "none"  # saved in the checkpoint and restored: exact-erf GELU
     mlp, x = model.blocks[0].mlp.eval(), torch.randn(2, 5, model.cfg.hidden_size)
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))), atol=0, rtol=0)
         assert not torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh")))
-    assert vitkit.load(tiny_run[0] / "checkpoint").cfg.gelu_approximate == "tanh"  # the variants' default
+    assert vitkit.load(tiny_run[0] / "checkpoint").model.cfg.gelu_approximate == "tanh"  # the variants' default
     with pytest.raises(UserError, match="--gelu"):
         train(TrainSettings(**TINY, steps=1, gelu="erf", init=str(tiny_run[0] / "checkpoint"),
                             out=str(tmp_path / "ft")))
@@ -155,10 +156,11 @@ def test_gelu_flag_sets_a_fresh_model_and_is_refused_with_init(tiny_run, tmp_pat
 def test_hybrid_trains_from_scratch(tmp_path):
     """The paper's hybrid (section 3.1; ResNet stem, here root block only) is a --model like any other."""
     r = train(TrainSettings(**{**TINY, "model": "R+ViT-Mini/8"}, steps=2, out=str(tmp_path / "h")))
-    model = vitkit.load(r["checkpoint"])  # 28 px data, 8 px per token: the variant's own 32 px
+    loaded = vitkit.load(r["checkpoint"])  # 28 px data, 8 px per token: the variant's own 32 px
+    model = loaded.model
     assert model.cfg.resnet == {"layers": [], "width": 1} and model.cfg.image_size == 32 and r["steps"] == 2
     assert model.cfg.patch_size == 2 and model.cfg.grid_size == 4 and model.cfg.name == "R+ViT-Mini/8"
-    assert model.preprocess.image_size == 32 and model.cfg.in_chans == 1  # embedded Fashion-MNIST, resized
+    assert loaded.preprocess.image_size == 32 and model.cfg.in_chans == 1  # embedded Fashion-MNIST, resized
     losses = [row["loss"] for row in _steps(tmp_path / "h") if "loss" in row]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     with pytest.raises(UserError, match="not divisible by the patch size 32"):
@@ -194,12 +196,13 @@ def test_finetune_init_new_classes_size_and_channels(tiny_run, tmp_path):
     r = train(TrainSettings(**dict(TINY, limit_train=None, limit_test=None, batch_size=6), init=str(out / "checkpoint"),
                             dataset=f"imagefolder:{tmp_path / 'folder'}", image_size=32, steps=2,
                             optimizer="sgd", lr=0.01, out=str(tmp_path / "ft")))
-    model = vitkit.load(tmp_path / "ft" / "checkpoint")
+    loaded = vitkit.load(tmp_path / "ft" / "checkpoint")
+    model = loaded.model
     assert model.cfg.num_classes == 3 and model.cfg.image_size == 32 and model.cfg.in_chans == 1
     assert model.pos_embed.shape == (1, 1 + 8 * 8, 16)
-    assert model.class_names == ["class0", "class1", "class2"] and model.preprocess.image_size == 32
+    assert loaded.class_names == ["class0", "class1", "class2"] and loaded.preprocess.image_size == 32
     assert r["n"] == 18 and 0 <= r["top1"] <= 1
-    base = vitkit.load(out / "checkpoint")
+    base = vitkit.load(out / "checkpoint").model
     assert model.blocks[0].attn.qkv.weight.shape == base.blocks[0].attn.qkv.weight.shape
     # fine-tuned from the checkpoint, not from scratch: 2 small SGD steps stay close to the pre-trained weights
     assert (model.blocks[0].attn.qkv.weight - base.blocks[0].attn.qkv.weight).abs().max() < 0.05
@@ -234,7 +237,7 @@ def test_fmnist_benchmark_script_runs_end_to_end(tmp_path, capsys):
     assert r["model"] == "R+ViT-Mini/8" and r["settings"]["image_size"] is None and r["n"] == 10000
     assert r["steps"] == 3  # 0.01 epoch x 234.4 steps per epoch, rounded up
     assert 0.0 <= r["top1"] < 0.9 and 0.0 <= r["top1_tta_flip"] <= 1.0
-    assert vitkit.load(r["checkpoint"]).cfg.image_size == 32  # the hybrid's own size for 28 px data
+    assert vitkit.load(r["checkpoint"]).model.cfg.image_size == 32  # the hybrid's own size for 28 px data
     text = capsys.readouterr().out
     assert "MISS: >= 90% within 10 minutes" in text and "MISS: >= 90% within 5 minutes" in text
     assert f"test top-1       {100 * r['top1']:.2f}%" in text

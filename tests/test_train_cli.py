@@ -171,7 +171,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     state = load_train_state(out / "checkpoint")
     if state is not None:
         assert f"(step {state['step']})" in str(e.value)
-        model = vitkit.load(out / "checkpoint")
+        model = vitkit.load(out / "checkpoint").model
         assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     else:
         assert "no checkpoint was written" in str(e.value)
@@ -193,7 +193,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_pa
     assert "cannot write the checkpoint" in line and str(out / "checkpoint") in line and "disk full" in line
     assert "(step 2)" in line  # saves 1 and 2 went through (checkpoint, checkpoint), the third failed
     assert load_train_state(out / "checkpoint")["step"] == 2
-    vitkit.load(out / "checkpoint")
+    vitkit.load(out / "checkpoint").model
 
 
 def test_metrics_file_that_is_a_directory_is_one_line_before_training(tmp_path, capsys):
@@ -212,7 +212,7 @@ def test_training_learns_a_small_batch_by_heart(tmp_path):
     r = train(TrainSettings(model="ViT-testing/4", batch_size=32, limit_train=32, limit_test=32, precision="fp32",
                             progress=False, steps=150, lr=1e-2, warmup_steps=5, weight_decay=0.0, label_smoothing=0.0,
                             flip=False, eval_every=1000, out=str(tmp_path / "overfit")))
-    seen = evaluate(vitkit.load(r["checkpoint"]), load_dataset("embedded", "train"), batch_size=32,
+    seen = evaluate(vitkit.load(r["checkpoint"]).model, load_dataset("embedded", "train"), batch_size=32,
                     indices=torch.arange(32))
     curve = losses(tmp_path / "overfit")
     assert seen["top1"] >= 0.97, seen["top1"]
@@ -262,4 +262,4 @@ def test_init_checkpoint_is_read_once(tmp_path, monkeypatch):
                             dataset=f"imagefolder:{tmp_path / 'folder'}", precision="fp32", progress=False,
                             out=str(tmp_path / "ft")))
     assert calls == [str(tmp_path / "pre" / "checkpoint")] and r["steps"] == 1
-    assert vitkit.load(r["checkpoint"]).cfg.image_size == 28  # decoded at the checkpoint's size
+    assert vitkit.load(r["checkpoint"]).model.cfg.image_size == 28  # decoded at the checkpoint's size

@@ -172,7 +172,6 @@ class ViT(nn.Module):
         nn.init.zeros_(self.head.weight)  # zero-initialised head (section 3.2, official kernel_init=zeros)
         nn.init.zeros_(self.head.bias)
         self.grad_checkpointing = False
-        self.preprocess = None  # set by vitkit.load: turns PIL images into the tensor forward() expects
 
     # -- switches -------------------------------------------------------------------------------------------
     def set_fused_attn(self, fused: Union[bool, str] = True) -> "ViT":

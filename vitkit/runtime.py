@@ -7,12 +7,16 @@
     to_channels(images_u8, channels)     -> grey repeated to RGB, or RGB to ITU-R 601 luma (as PIL's "L")
     to_model_input(images_u8, preprocess) -> the normalised float batch a model takes (channels, size, mean/std)
     load_split(spec, split, preprocess)   -> a dataset split as uint8 images at the model's size and channels
+    LoadedModel(model, preprocess, class_names, source)
+                                          -> a model with what it needs at run time, as data (vitkit.load returns one)
+    as_loaded(model)                      -> a LoadedModel from a bare ViT (default preprocessing, classes "0", "1", ...)
 
 Nothing here knows a checkpoint format (vitkit.checkpoint reads files) or a training loop (vitkit.train).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from typing import Optional
 
@@ -64,6 +68,50 @@ def default_preprocess(cfg: ViTConfig) -> Preprocess:
     expect, at the model's image size and channel count."""
     c = cfg.in_chans
     return Preprocess(image_size=cfg.image_size, channels=c, mean=(0.5,) * c, std=(0.5,) * c)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model and what running it needs, kept beside it rather than patched onto the module (attributes on an
+    nn.Module vanish behind DDP or torch.compile). `loaded(x)` runs the model on a preprocessed batch."""
+
+    model: torch.nn.Module  # a ViT, possibly wrapped (DDP, torch.compile)
+    preprocess: Preprocess  # PIL image -> tensor, and uint8 batch -> tensor (to_model_input)
+    class_names: list  # one name per output of the head
+    source: str = "memory"  # the checkpoint format it was read from ("vitkit", "huggingface", ...)
+
+    def __post_init__(self):
+        k = self.config.num_classes
+        self.class_names = [str(c) for c in self.class_names]
+        if len(self.class_names) != k:
+            raise UserError(f"{len(self.class_names)} class names for a head of {k} classes")
+
+    @property
+    def config(self) -> ViTConfig:
+        return unwrap(self.model).cfg
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def to(self, *args, **kwargs) -> "LoadedModel":
+        self.model.to(*args, **kwargs)
+        return self
+
+    def replace(self, **changes) -> "LoadedModel":
+        return dataclasses.replace(self, **changes)
+
+
+def as_loaded(model, preprocess: Optional[Preprocess] = None, class_names=None, source: str = "memory"
+              ) -> LoadedModel:
+    """`model` if it already is a LoadedModel (the arguments then override its pieces), else a LoadedModel of a bare
+    ViT with `preprocess` (default: default_preprocess) and `class_names` (default: "0", "1", ...)."""
+    if isinstance(model, LoadedModel):
+        changes = {k: v for k, v in dict(preprocess=preprocess, class_names=class_names).items() if v is not None}
+        return model.replace(**changes) if changes else model
+    cfg = unwrap(model).cfg
+    return LoadedModel(model, preprocess if preprocess is not None else default_preprocess(cfg),
+                       list(class_names) if class_names is not None else [str(i) for i in range(cfg.num_classes)],
+                       source)
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -73,14 +73,14 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output directory {out}: {e.strerror or e}") from None
-    model = load(args.checkpoint)
-    cfg, pre, dtype = model.cfg, model.preprocess, next(model.parameters()).dtype
+    loaded = load(args.checkpoint)
+    model, pre, names = loaded.model, loaded.preprocess, loaded.class_names
+    cfg, dtype = loaded.config, next(model.parameters()).dtype
     if len(getattr(model, "blocks", [])) == 0:
         raise UserError(f"{args.checkpoint}: {cfg.name or 'the model'} has no Transformer blocks (a BiT ResNet?), so "
                         f"it has no attention or position embeddings to analyse")
     has_cls, grid, ppt = cfg.classifier == "token", cfg.grid_size, cfg.stem_stride
-    names = list(model.class_names)
-    report = {"checkpoint": str(args.checkpoint), "format": getattr(model, "source_format", None),
+    report = {"checkpoint": str(args.checkpoint), "format": loaded.source,
               "model": {"name": cfg.name, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
                         "pixels_per_token": ppt, "grid": grid, "depth": cfg.depth, "heads": cfg.num_heads,
                         "hidden_size": cfg.hidden_size, "classifier": cfg.classifier, "pos_embed": cfg.pos_embed},

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
 from ..data.preprocess import open_image
+from ..errors import UserError
+from ..runtime import as_loaded, unwrap
 from .attention import attention_rollout, collect_attention, rollout_map
 
 CLS_LABEL = "attention rollout: [class] token to patches"
@@ -34,19 +35,19 @@ def _as_pil(image):
 
 def explain(model, pil_image, topk: int = 5) -> dict:
     """Classify one image and compute its rollout map. Returns {"topk": [{"index", "class", "prob"}], "map" (g, g)
-    numpy, "label" (what the map shows), "display" uint8 (S, S, C) the preprocessed image as the model sees it}."""
-    pre = getattr(model, "preprocess", None)
-    if pre is None:
-        raise UserError("the model has no preprocess attached; load it with vitkit.load(path)")
+    numpy, "label" (what the map shows), "display" uint8 (S, S, C) the preprocessed image as the model sees it}.
+    `model`: a LoadedModel (vitkit.load), or a bare ViT with default preprocessing."""
+    loaded = as_loaded(model)
+    pre = loaded.preprocess
     img = _as_pil(pil_image)
     x = pre([img])
-    out = collect_attention(model, x)
+    out = collect_attention(unwrap(loaded.model), x)
     rmap = rollout_map(attention_rollout(out["attn"]), out["grid"], out["has_cls"])[0]
     probs = torch.softmax(out["logits"].float(), dim=-1)[0]
     k = min(int(topk), probs.numel())
     p, idx = probs.topk(k)
-    names = list(getattr(model, "class_names", None) or [])
-    top = [{"index": int(i), "class": names[i] if i < len(names) else str(int(i)), "prob": float(v)}
+    names = loaded.class_names
+    top = [{"index": int(i), "class": names[i], "prob": float(v)}
            for v, i in zip(p.tolist(), idx.tolist())]
     return {"topk": top, "map": rmap, "label": rollout_label(out["has_cls"]), "display": pre.to_array(img)}
 

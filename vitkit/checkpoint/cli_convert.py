@@ -52,7 +52,7 @@ def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None
     import importlib
 
     from . import io
-    from .surgery import reset_head, resize_model
+    from .surgery import adapt
 
     to = to or _BY_SUFFIX.get(Path(out).suffix, "vitkit")
     kw = {}
@@ -63,28 +63,23 @@ def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None
     fmt = io.detect_format(src)
     if num_heads is not None and fmt == "timm":
         kw["num_heads"] = num_heads
-    if fmt == "vitkit":  # the native reader takes no options; apply them here
-        model = io.load(src)
-        if num_classes is not None and num_classes != model.cfg.num_classes:
-            model = reset_head(model, num_classes)
-        if image_size is not None and image_size != model.cfg.image_size:
-            model = resize_model(model, image_size)  # preprocessing resized with it
+    if fmt == "vitkit":  # the native reader takes no options; apply them here (preprocessing resized with it)
+        loaded = adapt(io.load(src), num_classes, image_size, keep_pre_logits=True)
     else:
-        model = io.load(src, **kw)
+        loaded = io.load(src, **kw)
     target = WRITERS[to]
-    if isinstance(model.cfg, BiTConfig):  # the paper's ResNet baseline: vitkit or the official BiT .npz
+    if isinstance(loaded.config, BiTConfig):  # the paper's ResNet baseline: vitkit or the official BiT .npz
         if to not in BIT_WRITERS:
-            raise UserError(f"{src} holds {model.cfg.name or 'a BiT ResNet'}, a BiT ResNet: it converts to "
+            raise UserError(f"{src} holds {loaded.config.name or 'a BiT ResNet'}, a BiT ResNet: it converts to "
                             f"{' or '.join(BIT_WRITERS)}, not to {to} (a ViT format)")
         target = BIT_WRITERS[to]
     mod, fn = target.split(":")
     writer = getattr(importlib.import_module(mod), fn)
     if to == "vitkit":
-        writer(out, model, getattr(model, "preprocess", None), getattr(model, "class_names", None),
-               extra={"converted_from": {"format": fmt, "path": str(src)}})
+        writer(out, loaded, extra={"converted_from": {"format": fmt, "path": str(src)}})
     else:
-        writer(model, out)
-    return model, fmt, to
+        writer(loaded, out)
+    return loaded, fmt, to
 
 
 def run(args) -> int:
@@ -92,18 +87,17 @@ def run(args) -> int:
         raise UserError(f"--image-size must be positive, got {args.image_size}")
     if args.num_classes is not None and args.num_classes <= 0:
         raise UserError(f"--num-classes must be positive, got {args.num_classes}")
-    model, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes,
-                                 args.num_heads)
-    c = model.cfg
+    loaded, fmt, to = convert(args.src, args.out, args.to, args.image_size, args.num_classes, args.num_heads)
+    c = loaded.config
     if isinstance(c, BiTConfig):
         print(f"converted {args.src} ({fmt}) -> {args.out} ({to}); {c.name}: layers={list(c.layers)} width={c.width} "
-              f"root={c.root} image={c.image_size} classes={c.num_classes}; {model.num_params():,} parameters")
+              f"root={c.root} image={c.image_size} classes={c.num_classes}; {loaded.model.num_params():,} parameters")
         return 0
     arch = (f"{c.name or 'ViT'}: D={c.hidden_size} depth={c.depth} heads={c.num_heads} mlp={c.mlp_dim} "
             f"patch={c.patch_size} image={c.image_size} classifier={c.classifier} classes={c.num_classes}"
             + (f" pre_logits={c.representation_size}" if c.representation_size else "")
             + (f" resnet={c.resnet}" if c.resnet else ""))
-    print(f"converted {args.src} ({fmt}) -> {args.out} ({to}); {arch}; {model.num_params():,} parameters")
+    print(f"converted {args.src} ({fmt}) -> {args.out} ({to}); {arch}; {loaded.model.num_params():,} parameters")
     if to == "npz" and (c.layer_norm_eps != 1e-6 or c.gelu_approximate != "tanh"):
         print(f"note: the source uses LayerNorm eps {c.layer_norm_eps} and GELU approximate="
               f"{c.gelu_approximate!r}; the official code computes with eps 1e-6 and tanh GELU")

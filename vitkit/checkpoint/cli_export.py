@@ -132,17 +132,16 @@ def check_batches(model, run, sizes=(1, 3)) -> float:
     return worst
 
 
-def compare_top1(model, run, dataset, batch_size: int = 100, limit=None) -> dict:
+def compare_top1(model, preprocess, run, dataset, batch_size: int = 100, limit=None) -> dict:
     """Top-1 (%) of PyTorch and of the runtime on `dataset`, the same preprocessed batches for both."""
     from ..data.datasets import iterate_batches
     from ..runtime import to_model_input
 
-    pre = model.preprocess
     n = len(dataset) if limit is None else min(limit, len(dataset))
     hits_pt = hits_rt = agree = 0
     worst = 0.0
     for images, labels in iterate_batches(dataset, torch.arange(n), batch_size):
-        x = to_model_input(images, pre)
+        x = to_model_input(images, preprocess)
         with torch.no_grad():
             a = model(x)
         b = run(x)
@@ -160,22 +159,22 @@ def run(args) -> int:
     from .io import load
 
     check_writable(args.out, "OUT")  # before the export, not after it
-    model = load(args.checkpoint).float().eval()
+    loaded = load(args.checkpoint)
+    model, pre = loaded.model.float().eval(), loaded.preprocess
     out = export(model, args.format, args.out, args.opset)
     rt = runtime(args.format, out)
     diff = check_batches(model, rt)
     name = RUNTIME[args.format]
     print(f"exported {args.checkpoint} -> {out} ({args.format}, dynamic batch, input pixel_values "
           f"(N, {model.cfg.in_chans}, {model.cfg.image_size}, {model.cfg.image_size}) preprocessed as "
-          f"mean={list(model.preprocess.mean)} std={list(model.preprocess.std)}); batches 1 and 3 in {name}: "
+          f"mean={list(pre.mean)} std={list(pre.std)}); batches 1 and 3 in {name}: "
           f"max |logit difference| vs PyTorch {diff:.2e}")
     if args.verify_dataset:
         from ..data.datasets import load_dataset
 
-        pre = model.preprocess
         ds = load_dataset(args.verify_dataset, "test", image_size=pre.image_size, channels=pre.channels,
                           preprocess=pre)
-        r = compare_top1(model, rt, ds, args.batch_size, args.verify_limit)
+        r = compare_top1(model, pre, rt, ds, args.batch_size, args.verify_limit)
         gap = abs(r["top1_pytorch"] - r["top1_runtime"])
         print(f"top-1 on {args.verify_dataset} test ({r['n']} images): PyTorch {r['top1_pytorch']:.2f}%  "
               f"{name} {r['top1_runtime']:.2f}%  (difference {gap:.2f} points, predictions agree on "

@@ -27,6 +27,7 @@ import torch
 from ..config import ViTConfig
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from ..runtime import as_loaded, unwrap
 from .keys import compile_table, join_qkv, rename, split_qkv
 
 # vitkit-side names are after split_qkv (blocks.N.attn.{q,k,v}.*)
@@ -211,8 +212,8 @@ def save_hf(model, out, kind: str = "classification") -> Path:
 
     from .io import _write_dir_atomically, clean_state_dict
 
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    loaded = as_loaded(model)
+    inner = unwrap(loaded.model)
     cfg = inner.cfg
     problems = [msg for bad, msg in [
         (cfg.classifier != "token", "global average pooling (classifier 'gap')"),
@@ -230,10 +231,8 @@ def save_hf(model, out, kind: str = "classification") -> Path:
     out_state, unmatched = rename(state, TABLE if kind == "classification" else TABLE_BARE, reverse=True)
     if unmatched:
         raise UserError(f"tensors with no Hugging Face equivalent: {unmatched[:8]}")
-    hf = hf_config(cfg, getattr(inner, "class_names", None),
-                   "ViTForImageClassification" if kind == "classification" else "ViTModel")
-    pre = getattr(inner, "preprocess", None) or Preprocess(cfg.image_size, cfg.in_chans, (0.5,) * cfg.in_chans,
-                                                           (0.5,) * cfg.in_chans)
+    hf = hf_config(cfg, loaded.class_names, "ViTForImageClassification" if kind == "classification" else "ViTModel")
+    pre = loaded.preprocess
     proc = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "do_rescale": True,
             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean), "image_std": list(pre.std),
             "resample": {v: k for k, v in RESAMPLE_IDS.items()}[pre.resize],

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from ..runtime import LoadedModel, as_loaded, unwrap
 from .hub import resolve
 
 CONFIG, WEIGHTS, TRAIN_STATE = "config.json", "model.safetensors", "train_state.pt"
@@ -74,15 +75,12 @@ def _write_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def save_checkpoint(path, model, preprocess: Optional[Preprocess] = None, class_names=None,
                     train_state: Optional[dict] = None, extra: Optional[dict] = None) -> Path:
-    """Write a native checkpoint directory atomically. `model` may be wrapped by DDP or torch.compile."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
-    preprocess = preprocess or getattr(inner, "preprocess", None) or Preprocess(
-        image_size=inner.cfg.image_size, channels=inner.cfg.in_chans,
-        mean=(0.5,) * inner.cfg.in_chans, std=(0.5,) * inner.cfg.in_chans)
-    class_names = list(class_names or getattr(inner, "class_names", None) or range(inner.cfg.num_classes))
+    """Write a native checkpoint directory atomically. `model`: a LoadedModel (its preprocess and class names are
+    saved unless given here) or a ViT, which may be wrapped by DDP or torch.compile."""
+    loaded = as_loaded(model, preprocess, class_names)
+    inner = unwrap(loaded.model)
     meta = {"format": "vitkit", "version": FORMAT_VERSION, "model": inner.cfg.to_dict(),
-            "preprocess": preprocess.to_dict(), "class_names": [str(c) for c in class_names], **(extra or {})}
+            "preprocess": loaded.preprocess.to_dict(), "class_names": loaded.class_names, **(extra or {})}
 
     def write(tmp: Path):
         save_file(clean_state_dict(inner.state_dict()), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -120,6 +118,13 @@ def load_train_state(path) -> Optional[dict]:
     return torch.load(f, map_location="cpu", weights_only=True)
 
 
+def check_finite(state: dict, source: str = "checkpoint") -> None:
+    """A UserError naming the first tensor with a NaN or an infinity: such weights are never trusted."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{source}: tensor {k} has non-finite values (NaN or inf); refusing to load it")
+
+
 def load_state_dict_strict(model, state: dict, source: str = "checkpoint") -> None:
     """Load `state` into `model`, naming every missing/unexpected tensor and any shape mismatch with both shapes."""
     own = model.state_dict()
@@ -132,6 +137,7 @@ def load_state_dict_strict(model, state: dict, source: str = "checkpoint") -> No
         raise UserError(f"{source}: tensors do not fit the architecture: missing {missing[:8]}"
                         f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
                         f"{' ...' if len(unexpected) > 8 else ''}")
+    check_finite(state, source)
     model.load_state_dict(state)
 
 
@@ -205,18 +211,19 @@ def detect_format(path) -> str:
                     f"Face ViT folder, an official .npz, or a timm .safetensors/.pth state dict)")
 
 
-def load(path, device="cpu", **kwargs):
-    """Load any checkpoint vitkit reads and return the model (eval mode) with `.preprocess` (PIL -> tensor),
-    `.class_names` and `.source_format` attached. kwargs go to the format's reader (e.g. image_size=384).
-    `path` may also be a pre-trained name or an http(s) URL (vitkit/checkpoint/hub.py)."""
+def load(path, device="cpu", **kwargs) -> LoadedModel:
+    """Load any checkpoint vitkit reads: a LoadedModel (vitkit.runtime) holding the model (eval mode, on `device`),
+    its preprocessing (PIL -> tensor), its class names and the format it came from; `load(path)(x)` runs the model.
+    kwargs go to the format's reader (e.g. image_size=384). `path` may also be a pre-trained name or an
+    http(s) URL (vitkit/checkpoint/hub.py)."""
     path = resolve(path)
     fmt = detect_format(path)
     target = dict((n, t) for n, _, t in FORMATS)[fmt]
     mod, fn = target.split(":")
     model, pre, class_names = getattr(importlib.import_module(mod), fn)(Path(path), **kwargs)
-    cfg = model.cfg
-    model.preprocess = pre or Preprocess(image_size=cfg.image_size, channels=cfg.in_chans,
-                                         mean=(0.5,) * cfg.in_chans, std=(0.5,) * cfg.in_chans)
-    model.class_names = list(class_names) if class_names else [str(i) for i in range(cfg.num_classes)]
-    model.source_format = fmt
-    return model.to(device).eval()
+    check_finite(model.state_dict(), str(path))  # every reader, whichever way it filled the model
+    k = model.cfg.num_classes
+    if class_names and len(class_names) != k:
+        raise UserError(f"{path}: {len(class_names)} class names for a head of {k} classes (the checkpoint's "
+                        f"class_names must name every output)")
+    return as_loaded(model.to(device).eval(), pre, class_names or None, fmt)

@@ -38,6 +38,7 @@ import torch
 from ..config import SIZES, ViTConfig, check_layout, hybrid_variants, resnet_stride
 from ..data.preprocess import Preprocess
 from ..errors import UserError
+from ..runtime import LoadedModel, unwrap
 from .keys import _regex as keys_regex
 from .surgery import resize_pos_embed
 
@@ -424,8 +425,7 @@ def official_preprocess(image_size: int, channels: int = 3) -> Preprocess:
 
 def save_npz(model, path) -> Path:
     """Write `model` as an official-format .npz (current flax layout, float32)."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = unwrap(model.model if isinstance(model, LoadedModel) else model)
     flat = from_state_dict(inner.state_dict(), inner.cfg)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

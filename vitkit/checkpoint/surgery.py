@@ -7,6 +7,8 @@
   tests/test_checkpoint_core.py checks both against scipy.
 * `reset_head`: a new zero-initialised head for a new class count.
 * `drop_pre_logits`: remove the pre-training head's hidden (tanh) layer.
+
+They act on a ViT; `adapt` does the same to a LoadedModel and keeps its preprocessing and class names in step.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from ..config import ViTConfig
 from ..errors import UserError
+from ..runtime import LoadedModel
 
 
 def resize_pos_embed(posemb: torch.Tensor, new_grid: int, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -52,7 +55,7 @@ def _resize_1d(emb: torch.Tensor, new_len: int) -> torch.Tensor:  # (1, n, d) ->
     return x.transpose(1, 2).to(emb.dtype)
 
 
-def _rebuild(model, cfg: ViTConfig, state: dict):
+def _rebuild(cfg: ViTConfig, state: dict):
     from ..model import model_from_config
 
     new = model_from_config(cfg)
@@ -60,20 +63,19 @@ def _rebuild(model, cfg: ViTConfig, state: dict):
     allowed = {"head.weight", "head.bias"}  # a fresh zero head is intended where the class count changed
     if set(missing) - allowed or unexpected:
         raise RuntimeError(f"surgery lost tensors: missing {missing}, unexpected {unexpected}")
-    new.preprocess = getattr(model, "preprocess", None)
     return new
 
 
 def reset_head(model, num_classes: int):
     """A copy of `model` whose head is a fresh zero-initialised layer for `num_classes` classes."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    return _rebuild(model, model.cfg.replace(num_classes=num_classes), state)
+    return _rebuild(model.cfg.replace(num_classes=num_classes), state)
 
 
 def drop_pre_logits(model):
     """A copy of `model` without the pre-logits layer; the head (zero-initialised) then reads the pooled token."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("pre_logits.", "head."))}
-    return _rebuild(model, model.cfg.replace(representation_size=None), state)
+    return _rebuild(model.cfg.replace(representation_size=None), state)
 
 
 def resize_model(model, image_size: int):
@@ -87,10 +89,7 @@ def resize_model(model, image_size: int):
     elif pos_embed == "learned2d":
         for k in ("pos_embed_row", "pos_embed_col"):
             state[k] = _resize_1d(state[k], cfg.grid_size)
-    new = _rebuild(model, cfg, state)
-    if new.preprocess is not None:  # images must now be resized to the new resolution
-        new.preprocess = dataclasses.replace(new.preprocess, image_size=image_size)
-    return new
+    return _rebuild(cfg, state)
 
 
 def adapt_model(model, num_classes: Optional[int] = None, image_size: Optional[int] = None,
@@ -105,3 +104,14 @@ def adapt_model(model, num_classes: Optional[int] = None, image_size: Optional[i
     if image_size is not None and image_size != model.cfg.image_size:
         model = resize_model(model, image_size)
     return model
+
+
+def adapt(loaded: LoadedModel, num_classes: Optional[int] = None, image_size: Optional[int] = None,
+          keep_pre_logits: bool = False) -> LoadedModel:
+    """`adapt_model` on a LoadedModel: its preprocessing follows the new resolution, and a new head gets the
+    names "0", "1", ... (the old names belonged to the old classes)."""
+    model = adapt_model(loaded.model, num_classes, image_size, keep_pre_logits)
+    names = loaded.class_names if model.cfg.num_classes == loaded.config.num_classes else \
+        [str(i) for i in range(model.cfg.num_classes)]
+    pre = dataclasses.replace(loaded.preprocess, image_size=model.cfg.image_size)
+    return loaded.replace(model=model, preprocess=pre, class_names=names)

@@ -33,6 +33,7 @@ import torch
 
 from ..config import SIZES, ViTConfig, resnet_stride
 from ..errors import UserError
+from ..runtime import as_loaded, unwrap
 from .keys import block_indices, compile_table, rename
 
 TABLE = compile_table([
@@ -169,8 +170,8 @@ def save_timm(model, out) -> Path:
 
     from .io import clean_state_dict
 
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    loaded = as_loaded(model)
+    inner = unwrap(loaded.model)
     if inner.cfg.pos_embed != "learned":
         raise UserError(f"timm VisionTransformer has no {inner.cfg.pos_embed!r} position embeddings")
     state, unmatched = rename(clean_state_dict(inner.state_dict()), FULL, reverse=True)
@@ -180,11 +181,8 @@ def save_timm(model, out) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".safetensors":
-        meta = {"format": "pt", "vitkit_config": json.dumps(inner.cfg.to_dict())}
-        if getattr(inner, "class_names", None):
-            meta["class_names"] = json.dumps([str(c) for c in inner.class_names])
-        if getattr(inner, "preprocess", None) is not None:
-            meta["preprocess"] = json.dumps(inner.preprocess.to_dict())
+        meta = {"format": "pt", "vitkit_config": json.dumps(inner.cfg.to_dict()),
+                "class_names": json.dumps(loaded.class_names), "preprocess": json.dumps(loaded.preprocess.to_dict())}
         save_file(state, str(tmp), metadata=meta)
     else:
         torch.save(state, tmp)

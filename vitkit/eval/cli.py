@@ -42,22 +42,22 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     device = resolve_device(args.device)
-    model = load(args.checkpoint, device=device)
-    pre = model.preprocess
+    loaded = load(args.checkpoint, device=device)
+    pre = loaded.preprocess
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir, image_size=pre.image_size,
                       channels=pre.channels, preprocess=pre)  # folders decode exactly as predict does
-    k_model, k_data = model.cfg.num_classes, len(ds.class_names)
-    if k_data > k_model:
-        raise UserError(f"{args.dataset} has {k_data} classes but the checkpoint's head has {k_model}; "
-                        f"fine-tune it first (vitkit train --init {args.checkpoint} --dataset {args.dataset})")
+    k_model, k_data = loaded.config.num_classes, len(ds.class_names)
+    if k_data != k_model:  # a label means a class by its index: other counts mean other classes
+        raise UserError(f"{args.dataset} has {k_data} classes but the checkpoint's head has {k_model}; evaluate "
+                        f"on data with the checkpoint's classes, or fine-tune it first (vitkit train --init "
+                        f"{args.checkpoint} --dataset {args.dataset})")
     n = len(ds.labels) if args.limit is None else min(args.limit, len(ds.labels))
     if args.tta == "flip" and not getattr(ds, "flip_ok", True):
         raise UserError(f"--tta flip: {args.dataset} classes are not mirror-invariant (digits); use --tta none")
     t0 = time.perf_counter()
-    r = evaluate(model, ds, batch_size=args.batch_size, precision=args.precision, indices=torch.arange(n),
+    r = evaluate(loaded, ds, batch_size=args.batch_size, precision=args.precision, indices=torch.arange(n),
                  device=device, num_workers=args.workers, tta=args.tta)
-    r["per_class"] = {name: r["per_class"].get(str(model.class_names[i]) if i < len(model.class_names) else str(i))
-                      for i, name in enumerate(ds.class_names)}
+    r["per_class"] = {name: r["per_class"].get(loaded.class_names[i]) for i, name in enumerate(ds.class_names)}
     r.update(dataset=args.dataset, split=args.split, checkpoint=str(args.checkpoint), tta=args.tta,
              time_s=round(time.perf_counter() - t0, 2))
     if args.json:

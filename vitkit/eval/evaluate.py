@@ -2,9 +2,10 @@
 
     evaluate(model, dataset, batch_size=256, precision="fp32") -> {top1, top5, loss, n, per_class: {name: acc}}
 
-The model's own preprocessing is used (`model.preprocess`, from its checkpoint): dataset batches are resized to
-its image size (`resize_batch`) and converted to its channel count (gray <-> RGB) before normalisation, so any
-checkpoint can be evaluated on any dataset with the same classes. `evaluate_counts` returns summable tensors so
+`model` is a LoadedModel (vitkit.load) or a bare ViT. Its own preprocessing is used (the checkpoint's; a bare ViT
+gets vitkit.runtime.default_preprocess): dataset batches are converted to its channel count (gray <-> RGB) and
+resized to its image size before normalisation (vitkit.runtime.to_model_input), so any checkpoint can be evaluated
+on any dataset with the same classes. `evaluate_counts` returns summable tensors so
 that the training loop can shard evaluation over processes and all-reduce them.
 
 Test-time augmentation (`tta="flip"`): the class probabilities of each image and of its horizontal mirror are
@@ -21,13 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..runtime import autocast, default_preprocess, to_model_input, unwrap
-
-
-def _preprocess_of(model):
-    inner = unwrap(model)
-    pre = getattr(inner, "preprocess", None)
-    return (pre if pre is not None else default_preprocess(inner.cfg)), inner
+from ..runtime import LoadedModel, as_loaded, autocast, to_model_input, unwrap
 
 
 @torch.no_grad()
@@ -38,8 +33,8 @@ def evaluate_counts(model, dataset, indices: Optional[torch.Tensor] = None, batc
     correct / total, as float64 tensors on `device`. `tta`: None or "flip" (see the module docstring)."""
     from ..data.datasets import iterate_batches
 
-    pre, inner = _preprocess_of(model)
-    pre = preprocess or pre
+    loaded = as_loaded(model, preprocess)
+    model, pre, inner = loaded.model, loaded.preprocess, unwrap(loaded.model)
     if tta not in (None, "none", "flip"):
         raise UserError(f"unknown test-time augmentation {tta!r}; valid: none, flip")
     device = torch.device(device) if device is not None else next(inner.parameters()).device
@@ -92,7 +87,6 @@ def summarize(counts: dict, class_names) -> dict:
 def evaluate(model, dataset, batch_size: int = 256, precision: str = "fp32", indices=None, device=None,
              num_workers: int = 0, tta: Optional[str] = None) -> dict:
     """{top1, top5, loss, n, per_class: {class name: accuracy}} of `model` on `dataset` (fractions in [0, 1])."""
-    _, inner = _preprocess_of(model)
-    names = getattr(inner, "class_names", None) or getattr(dataset, "class_names", None)
+    names = model.class_names if isinstance(model, LoadedModel) else getattr(dataset, "class_names", None)
     return summarize(evaluate_counts(model, dataset, indices, batch_size, precision, device=device,
                                      num_workers=num_workers, tta=tta), names)

@@ -14,27 +14,30 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..runtime import default_preprocess, to_model_input
+from ..runtime import as_loaded, to_model_input, unwrap
 from ..runtime import load_split as runtime_load_split
 
 
 def model_inputs(model, images_u8) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> the normalised float batch `model` expects, in its parameters' dtype."""
-    param = next(model.parameters(), None)
-    pre = getattr(model, "preprocess", None) or default_preprocess(model.cfg)
-    return to_model_input(images_u8, pre, dtype=param.dtype if param is not None else None)
+    """uint8 (N, C, H, W) -> the normalised float batch `model` (a LoadedModel or a bare ViT) expects, on its
+    parameters' device and in their dtype."""
+    loaded = as_loaded(model)
+    param = next(loaded.model.parameters(), None)
+    kw = dict(device=param.device, dtype=param.dtype) if param is not None else {}
+    return to_model_input(images_u8, loaded.preprocess, **kw)
 
 
 @torch.inference_mode()
 def extract_features(model, images_u8, batch_size: int = 256) -> np.ndarray:
     """The frozen pre-logits representation (``forward_pre_logits`` of the final tokens) of every image,
-    (N, D) float32. `images_u8` is a uint8 array/tensor (N, C, H, W)."""
-    model.eval()
+    (N, D) float32. `model`: a LoadedModel or a bare ViT; `images_u8` a uint8 array/tensor (N, C, H, W)."""
+    net = unwrap(as_loaded(model).model)
+    net.eval()
     n = len(images_u8)
     out = []
     for s in range(0, n, batch_size):
         x = model_inputs(model, images_u8[s:s + batch_size])
-        out.append(model.forward_pre_logits(model.forward_features(x)).float().cpu().numpy())
+        out.append(net.forward_pre_logits(net.forward_features(x)).float().cpu().numpy())
     if not out:
         raise UserError("no images to extract features from")
     return np.concatenate(out).astype(np.float32)
@@ -42,7 +45,7 @@ def extract_features(model, images_u8, batch_size: int = 256) -> np.ndarray:
 
 def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | None = None, seed: int = 0):
     """vitkit.runtime.load_split at `model`'s preprocessing (its image size and channels)."""
-    pre = None if model is None else (getattr(model, "preprocess", None) or default_preprocess(model.cfg))
+    pre = None if model is None else as_loaded(model).preprocess
     return runtime_load_split(spec, split, pre, data_dir, limit, seed)
 
 

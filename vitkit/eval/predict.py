@@ -1,6 +1,6 @@
 """`vitkit predict CKPT IMAGE... [--topk K] [--json] [--explain OUT.png]`: classify image files.
 
-Each image goes through the checkpoint's own preprocessing (`model.preprocess`: convert to its channels, resize,
+Each image goes through the checkpoint's own preprocessing (its Preprocess: convert to its channels, resize,
 normalise), the very code the image-folder datasets use, so predictions match `vitkit eval`. An image that cannot
 be read stops the command with one line naming it, before any model work. `--explain` writes the attention-rollout
 overlay of the (first) image via vitkit.analysis.explain when that module is installed.
@@ -13,6 +13,7 @@ import json
 
 from ..data.preprocess import open_image
 from ..errors import UserError
+from ..runtime import as_loaded
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,15 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def predict(model, pil_images, topk: int = 5) -> list[list[tuple[str, float]]]:
-    """For each PIL image, the top-k (class name, probability) pairs."""
+    """For each PIL image, the top-k (class name, probability) pairs. `model`: a LoadedModel (vitkit.load), or a
+    bare ViT (default preprocessing, classes named "0", "1", ...)."""
     import torch
 
-    device = next(model.parameters()).device
+    loaded = as_loaded(model)
+    param = next(loaded.model.parameters())
     with torch.no_grad():
-        probs = model(model.preprocess(list(pil_images)).to(device)).float().softmax(-1).cpu()
+        x = loaded.preprocess(list(pil_images)).to(param.device, param.dtype)
+        probs = loaded(x).float().softmax(-1).cpu()
     k = max(1, min(topk, probs.shape[1]))
     top = probs.topk(k, dim=1)
-    names = model.class_names
+    names = loaded.class_names
     return [[(str(names[int(i)]), float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)]
 
 

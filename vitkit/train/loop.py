@@ -154,12 +154,12 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout):
         raise UserError("--classifier, --pos-embed, --gelu and --dropout are ViT settings; a BiT ResNet has none")
     if init_model is not None:
-        from ..checkpoint.surgery import adapt_model
+        from ..checkpoint.surgery import adapt
 
         if s.classifier or s.pos_embed or s.gelu:
             raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
-        model = adapt_model(init_model, num_classes=num_classes, image_size=s.image_size)
-        pre = model.preprocess  # resized with the model
+        init = adapt(init_model, num_classes=num_classes, image_size=s.image_size)
+        model, pre = init.model, init.preprocess  # preprocessing resized with the model
         if s.dropout and s.dropout != model.cfg.dropout:
             state = model.state_dict()
             model = model_from_config(model.cfg.replace(dropout=s.dropout))
@@ -419,8 +419,8 @@ def load_data(s: TrainSettings, init_model) -> Data:
     """The train and test splits; image folders decode straight to the model's size and channels."""
     from ..data.datasets import load_dataset
 
-    size = s.image_size or (init_model.cfg.image_size if init_model is not None else None)
-    chans = init_model.cfg.in_chans if init_model is not None else 3
+    size = s.image_size or (init_model.config.image_size if init_model is not None else None)
+    chans = init_model.config.in_chans if init_model is not None else 3
     if s.dataset.lower().startswith("imagefolder:") and size is None:
         size = default_config(s.model).image_size
     train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=size, channels=chans)
@@ -467,7 +467,6 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
     s, info = run.s, run.info
     core, preprocess = build_model(s, len(data.class_names), data.train.channels, native_size(data.train),
                                    run.init_model)
-    core.preprocess, core.class_names = preprocess, data.class_names
     if s.grad_checkpointing:
         core.set_grad_checkpointing(True)
     if hasattr(core, "set_fused_attn"):  # ViT only: a BiT ResNet has no attention
