@@ -3,7 +3,7 @@
 Public API:
     create_model(name, num_classes=..., image_size=...)  -> ViT with fresh weights ("ViT-B/16", "ViT-Mini/7", ...),
                                                             or the BiT ResNet baseline ("BiT-R50x1", "BiT-R26x1-S")
-    load(path)                                           -> ViT from any checkpoint vitkit reads, with .preprocess
+    load(path)                                           -> LoadedModel: .model (the ViT), .preprocess, .class_names
     save_checkpoint(path, model, preprocess, class_names)
     ViT, ViTConfig, VARIANTS, BiT, BiTConfig
 """

@@ -8,7 +8,7 @@
     to_model_input(images_u8, preprocess) -> the normalised float batch a model takes (channels, size, mean/std)
     load_split(spec, split, preprocess)   -> a dataset split as uint8 images at the model's size and channels
     LoadedModel(model, preprocess, class_names, source)
-                                          -> a model with what it needs at run time, as data (vitkit.load returns one)
+                                          -> a model with what running it needs, as data (vitkit.load returns one)
     as_loaded(model)                      -> a LoadedModel from a bare ViT (default preprocessing, classes "0", "1", ...)
 
 Nothing here knows a checkpoint format (vitkit.checkpoint reads files) or a training loop (vitkit.train).
