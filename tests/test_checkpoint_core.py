@@ -243,3 +243,46 @@ def test_eval_refuses_a_dataset_with_fewer_classes_than_the_head(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("vitkit: error:") and "has 2 classes but the checkpoint's head has 4" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_broken_config_json_says_why(tmp_path):
+    save_checkpoint(tmp_path / "ck", _model())
+    f = tmp_path / "ck" / "config.json"
+    good = json.loads(f.read_text())
+    f.write_text('{"format": "vitkit",\n "model": {')
+    with pytest.raises(UserError, match=r"config.json is not valid JSON: .* at line 2 column"):
+        vitkit.load(tmp_path / "ck")
+    f.write_text(json.dumps({**good, "model": {**good["model"], "patch_size": 0}}))
+    with pytest.raises(UserError, match="patch_size must be a positive integer, got 0"):
+        vitkit.load(tmp_path / "ck")
+    f.write_text(json.dumps({**good, "format": "other"}))
+    with pytest.raises(UserError, match="neither \"format\": \"vitkit\" nor \"model_type\": \"vit\""):
+        vitkit.load(tmp_path / "ck")
+
+
+def test_convert_refuses_an_output_that_overlaps_the_source(tmp_path, capsys):
+    from vitkit.cli import main
+
+    save_checkpoint(tmp_path / "ck", _model(), train_state={"step": torch.tensor(3)})
+    for out in (tmp_path / "ck", tmp_path / "ck" / "inner", tmp_path):
+        assert main(["convert", str(tmp_path / "ck"), str(out)]) == 2
+        assert "overlaps the source" in capsys.readouterr().err
+    assert (tmp_path / "ck" / "train_state.pt").exists() and vitkit.load(tmp_path / "ck").config.num_classes == 4
+
+
+def test_saving_removes_temporaries_that_killed_saves_left(tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".ck.tmp-killed", tmp_path / ".ck.tmp-running"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    other = tmp_path / ".other.tmp-killed"  # another checkpoint's: not ours to judge
+    other.mkdir()
+    os.utime(other, (old, old))
+    save_checkpoint(tmp_path / "ck", _model())
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ck.tmp-running", ".other.tmp-killed", "ck"]

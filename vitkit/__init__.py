@@ -5,24 +5,48 @@ Public API:
                                                             or the BiT ResNet baseline ("BiT-R50x1", "BiT-R26x1-S")
     load(path)                                           -> LoadedModel: .model (the ViT), .preprocess, .class_names
     save_checkpoint(path, model, preprocess, class_names)
-    ViT, ViTConfig, VARIANTS, BiT, BiTConfig
+    ViT, ViTConfig, VARIANTS, BiT, BiTConfig, LoadedModel
+
+Importing vitkit changes nothing in the process (no environment variables, no warning hooks) and loads torch only
+when one of these names is first used, so the `vitkit` command can set up its process before torch starts
+(vitkit/cli.py). The layer order of the parts: ARCHITECTURE.md.
 """
 
-from .version import __version__  # noqa: E402,F401
+import importlib as _importlib
 
-import os as _os  # noqa: E402
+from .version import __version__
 
-# Before torch loads libgomp: idle OpenMP threads sleep instead of spinning for ~0.3 s. On a CPU shared with other
-# processes (or more threads than cores), spinning threads steal the cores the working ones need; measured on a
-# loaded 2-core box, bf16 training ran 24 img/s spinning vs 220 img/s passive. Set OMP_WAIT_POLICY to override.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# public name -> (module, attribute)
+_API = {
+    "create_model": ("vitkit.model", "create_model"),
+    "ViT": ("vitkit.model", "ViT"),
+    "load": ("vitkit.checkpoint.io", "load"),
+    "save_checkpoint": ("vitkit.checkpoint.io", "save_checkpoint"),
+    "ViTConfig": ("vitkit.config", "ViTConfig"),
+    "variant_config": ("vitkit.config", "variant_config"),
+    "VARIANTS": ("vitkit.config", "LISTED"),
+    "Preprocess": ("vitkit.data.preprocess", "Preprocess"),
+    "BiT": ("vitkit.resnet", "BiT"),
+    "BiTConfig": ("vitkit.resnet", "BiTConfig"),
+    "LoadedModel": ("vitkit.runtime", "LoadedModel"),
+}
 
-from .checkpoint.io import load, save_checkpoint  # noqa: E402
-from .config import LISTED as VARIANTS  # noqa: E402
-from .config import ViTConfig, variant_config  # noqa: E402
-from .data.preprocess import Preprocess  # noqa: E402
-from .model import ViT, create_model  # noqa: E402
-from .resnet import BiT, BiTConfig  # noqa: E402
+__all__ = [*_API, "__version__"]
 
-__all__ = ["create_model", "load", "save_checkpoint", "ViT", "ViTConfig", "BiT", "BiTConfig", "VARIANTS",
-           "variant_config", "Preprocess", "__version__"]
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(_importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    try:  # vitkit.checkpoint, vitkit.runtime, ... as attributes, as after an eager import
+        return _importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

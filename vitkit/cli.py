@@ -2,8 +2,10 @@
 defines `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's module is imported, so
 `vitkit --help` is instant and one command's dependencies never slow another.
 
-Errors meant for the user (UserError, bad values, missing files) print as one line `vitkit: error: ...` with
-exit code 2; `--debug` shows the traceback instead.
+Errors meant for the user (vitkit's UserError, missing or unreadable files) print as one line `vitkit: error: ...`
+with exit code 2; `--debug` shows the traceback instead. Any other exception is a bug and keeps its traceback.
+`main()` leaves the process as it found it (warnings are formatted only while it runs, and only vitkit's own);
+`console()`, the `vitkit` executable, also sets what must be set before torch starts.
 """
 
 from __future__ import annotations
@@ -61,33 +63,60 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _one_line_warnings(show):
+    """warnings.showwarning that prints vitkit's own warnings as one line `vitkit: warning: ...` and passes every
+    other warning (torch's, numpy's, ...) to `show` unchanged."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            print(f"vitkit: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     debug = "--debug" in argv or os.environ.get("VITKIT_DEBUG") == "1"
-    if not debug:  # warnings for people: one line each, without Python's source-line echo
-        warnings.formatwarning = lambda message, category, *a, **k: f"vitkit: warning: {message}\n"
-    try:
-        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
-        if not getattr(args, "_run", None):
-            build_parser().print_help()
-            return 0 if args.command is None else 2
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("vitkit: interrupted", file=sys.stderr)
-        return 130
-    except ModuleNotFoundError as e:  # an optional package imported where it is first needed
-        if debug or not e.name or e.name.startswith("vitkit"):
-            raise
-        print(f"vitkit: error: {missing_package_error(e.name, f'vitkit {command}')}", file=sys.stderr)
-        return 2
-    except (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
-        if debug:
-            raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"vitkit: error: {msg}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores warnings.showwarning on the way out
+        if not debug:
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+            if not getattr(args, "_run", None):
+                build_parser().print_help()
+                return 0 if args.command is None else 2
+            return int(args._run(args) or 0)
+        except KeyboardInterrupt:
+            print("vitkit: interrupted", file=sys.stderr)
+            return 130
+        except ModuleNotFoundError as e:  # an optional package imported where it is first needed
+            if debug or not e.name or e.name.startswith("vitkit"):
+                raise
+            print(f"vitkit: error: {missing_package_error(e.name, f'vitkit {command}')}", file=sys.stderr)
+            return 2
+        except (UserError, FileNotFoundError, PermissionError, NotADirectoryError) as e:
+            if debug:
+                raise
+            msg = " ".join(str(e).split()) or type(e).__name__
+            print(f"vitkit: error: {msg}", file=sys.stderr)
+            return 2
+
+
+def console() -> None:
+    """The `vitkit` executable: the process is ours, so set what must be set before torch loads, then run main.
+
+    OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which on a CPU shared with other
+    processes gives the cores to the threads that work (measurements: benchmarks/README.md). Set the variable
+    yourself to override it."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -88,7 +88,7 @@ def hybrid_config(name: str) -> dict:
 
     table = {key(k): (k, v) for k, v in hybrid_variants().items()}
     if key(name) not in table:
-        raise ValueError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
+        raise UserError(f"unknown hybrid variant {name!r}; valid: {', '.join(hybrid_variants())}")
     hname, h = table[key(name)]
     return dict(SIZES[h["size"]], patch_size=h["patch_size"], resnet=h["resnet"], image_size=h.get("image_size", 224),
                 name=hname)
@@ -124,17 +124,22 @@ class ViTConfig:
     extra: dict = field(default_factory=dict)  # forward-compatible room; ignored by the model
 
     def __post_init__(self):
+        for name in ("image_size", "patch_size", "hidden_size", "depth", "num_heads", "mlp_dim", "num_classes",
+                     "in_chans"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "depth" else 1):
+                raise UserError(f"model config {name} must be a positive integer, got {value!r}")
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+            raise UserError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
         if self.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
+            raise UserError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.stem_stride:
-            raise ValueError(f"image size {self.image_size} is not divisible by the patch size "
+            raise UserError(f"image size {self.image_size} is not divisible by the patch size "
                              f"{self.stem_stride} (choose a multiple of {self.stem_stride})")
         if self.pos_embed in ("learned2d", "sincos2d") and self.hidden_size % 4:
-            raise ValueError(f"{self.pos_embed} position embeddings need hidden_size divisible by 4")
+            raise UserError(f"{self.pos_embed} position embeddings need hidden_size divisible by 4")
 
     @property
     def stem_stride(self) -> int:
@@ -166,7 +171,7 @@ class ViTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+            raise UserError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         return cls(**d)
 
 
@@ -179,7 +184,7 @@ def parse_variant(name: str) -> tuple[str, int]:
     sizes = {k.lower(): k for k in SIZES}
     if m and m.group("size").lower() in sizes and int(m.group("patch")) in PATCHES:
         return sizes[m.group("size").lower()], int(m.group("patch"))
-    raise ValueError(
+    raise UserError(
         f"unknown variant {name!r}; valid: ViT-<size>/<patch> with size in {list(SIZES)} and patch in "
         f"{list(PATCHES)}, e.g. {', '.join('ViT-' + v for v in LISTED[:9])}")
 

@@ -58,10 +58,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention. `fused` True uses PyTorch's scaled_dot_product_attention; False the explicit path,
     which computes softmax(q k^T / sqrt(d)) itself and can return those weights (the paper's attention analyses
-    need them); "auto" (the default) is SDPA on GPU and explicit on CPU, where it is the faster one. Measured on 2
-    CPU cores, bf16: a ViT-Mini/7 training step 1.5-1.6x faster; ViT-B/16 inference at batch 32 18.3 vs 16.6 img/s
-    (one attention call, 32 x 12 heads x 197 tokens: 12.4 ms explicit vs 28.4 ms SDPA when malloc keeps its
-    memory, see vitkit/perf.py). Both paths agree within 1e-5 in fp32 (tests/test_model.py)."""
+    need them); "auto" (the default) is SDPA on GPU and explicit on CPU, where it is the faster one (PyTorch's CPU
+    flash-attention kernel is slower than the plain matmuls; measurements: benchmarks/README.md, "ViT-B/16 ... bf16
+    inference"). Both paths agree within 1e-5 in fp32 (tests/test_model.py)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
         super().__init__()

@@ -1,29 +1,25 @@
 """CPU performance pieces that no library provides: a malloc setting and a faster dropout mask.
+Measurements of both: benchmarks/README.md ("Figures behind the code's choices").
 
 `keep_freed_memory()`: glibc's malloc serves large blocks (from 128 KB, adaptively up to 32 MB) with mmap and
 returns them to the OS on free, and trims the top of the heap once more than twice that threshold is free. A
-model that allocates tensors of tens of MB every layer (ViT-B/16 at batch 32: the 29.8 MB attention matrix, the
-38.7 MB MLP activation) then gets fresh pages every time, each zero-filled by the kernel on first touch. Raising
-both thresholds keeps freed memory in the process for reuse. Measured on 2 CPU cores, bf16: explicit attention
-for 32 x 12 heads x 197 tokens 11.8 ms instead of 29.7 ms; ViT-B/16 inference at batch 32 19.2 instead of 18.3
-img/s (77.6 % instead of 72.3 % of the measured bf16 matmul ceiling). The cost: the process keeps its peak heap
-(RSS does not shrink after a big step), so it is applied by `vitkit bench` and `vitkit train` (a training
-process is at its peak every step anyway; ViT-B/16 bf16 training step at batch 16 on 2 threads 6.92 vs 6.72
-img/s; for the small ViT-Mini/7 it is within noise: the README quick start trained at 1,257 vs 1,248 img/s) and
-is opt-in for library users.
+model that allocates tensors of tens of MB every layer (a ViT-B/16 attention matrix or MLP activation at batch 32)
+then gets fresh pages every time, each zero-filled by the kernel on first touch. Raising both thresholds keeps
+freed memory in the process for reuse, which makes the explicit attention path markedly faster. The cost: the
+process keeps its peak heap (RSS does not shrink after a big step), so it is applied by `vitkit bench` and
+`vitkit train` (a training process is at its peak every step anyway) and is opt-in for library users.
 Equivalent environment variables for any process: MALLOC_MMAP_THRESHOLD_=2147483647
 MALLOC_TRIM_THRESHOLD_=2147483647. No effect (returns False) where the C library is not glibc.
 
 `dropout(x, p, training)`: F.dropout with a cheaper keep-mask on CPU. PyTorch's CPU dropout draws one Bernoulli
-sample per element from its Mersenne Twister: 17-20 ms for the 3.3M-element bf16 MLP activation of a ViT-Mini/7
-step at batch 256 (one thread), four times the matmul that produced it, so the paper's dropout 0.1 made that
-training step ~1.6x slower. Here each 64-bit draw of the same generator (torch.randint) gives four 16-bit lanes,
-and an element is dropped when its lane falls below round(p * 65536) - 32768: the drop probability is p rounded
-to a multiple of 1/65536 (0.1 -> 0.100006), and kept elements are scaled by 1 / (1 - that), so the output is
-unbiased. The 0/1 mask goes through uint8 because PyTorch's bool -> float conversion and masked_fill are ~5x
-slower than the multiply. 5-7 ms for that tensor; the whole Mini/7 step with dropout 0.1 1.29x faster than with
-F.dropout (786 vs 608 img/s, one thread, batch 256, bf16). It uses the global torch generator, so seeding and
-exact resume work as before. On GPU, under torch.compile, or with p outside (0, 1) it is plain F.dropout.
+sample per element from its Mersenne Twister, which costs more than the matmul that produced the activation, so
+the paper's dropout 0.1 slowed a small model's training step markedly. Here each 64-bit draw of the same
+generator (torch.randint) gives four 16-bit lanes, and an element is dropped when its lane falls below
+round(p * 65536) - 32768: the drop probability is p rounded to a multiple of 1/65536 (0.1 -> 0.100006), and kept
+elements are scaled by 1 / (1 - that), so the output is unbiased. The 0/1 mask goes through uint8 because
+PyTorch's bool -> float conversion and masked_fill are slower than the multiply. It uses the global torch
+generator, so seeding and exact resume work as before. On GPU, under torch.compile, or with p outside (0, 1) it
+is plain F.dropout.
 """
 
 from __future__ import annotations
@@ -60,7 +56,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     n = x.numel()
     lanes = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
     keep = lanes.view(x.shape) >= cut - _LANES // 2  # lanes are uniform on [-32768, 32767]
-    keep = keep.view(torch.uint8).to(x.dtype)  # 0/1 (via uint8: bool -> float and masked_fill are 5x slower)
+    keep = keep.view(torch.uint8).to(x.dtype)  # 0/1 (via uint8: bool -> float and masked_fill are slower)
     return (x * keep).mul_(_LANES / (_LANES - cut))  # scaled by a Python float: fp32 math even for bf16 x
 
 

@@ -181,9 +181,8 @@ def _compile(model, mode: Optional[str], device=None):
     max_autotune (GEMM template choices benchmarked at compile time); else a torch.compile mode.
 
     On CPU inductor's layout optimisation is turned off: it makes the patch embedding's input channels-last,
-    and oneDNN's bf16 weight-gradient for that layout is ~30x slower here (aten.convolution_backward on a
-    (128, 3, 32, 32) bf16 input, 4x4/4 kernel: 1059 ms channels-last vs 32 ms contiguous), which made compiled
-    bf16 training of ViT-Mini/4 2x slower than eager."""
+    and oneDNN's bf16 weight-gradient for that layout is far slower than for a contiguous input, which made
+    compiled bf16 training slower than eager (measurements: benchmarks/README.md, "How vitkit bench measures")."""
     opts = {} if device is None or torch.device(device).type != "cpu" else {"layout_optimization": False}
     if mode in ("freeze", "freeze-autotune"):
         opts.update(freezing=True, max_autotune=mode == "freeze-autotune")

@@ -205,8 +205,9 @@ def load_bit_npz(path: Path, image_size: Optional[int] = None, num_classes: Opti
 
 def save_bit_npz(model, path) -> Path:
     """Write a BiT `model` as an official-format .npz (float32), atomically."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
+    from ..runtime import as_loaded, unwrap
+
+    inner = unwrap(as_loaded(model).model)
     flat = from_state_dict(inner.state_dict())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: the paper's count for the width)")
 
 
+def _refuse_overlap(src, out) -> None:
+    """Writing OUT replaces it whole: OUT must not be the source, inside it, or contain it."""
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if s == o or s in o.parents or o in s.parents:
+        raise UserError(f"OUT {out} overlaps the source {src} (writing it would replace the source and whatever "
+                        f"lies beside it, e.g. train_state.pt); choose another OUT")
+
+
 def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None):
     import importlib
 
@@ -55,6 +63,7 @@ def convert(src, out, to=None, image_size=None, num_classes=None, num_heads=None
     from .surgery import adapt
 
     to = to or _BY_SUFFIX.get(Path(out).suffix, "vitkit")
+    _refuse_overlap(src, out)
     kw = {}
     if image_size is not None:
         kw["image_size"] = image_size

@@ -16,11 +16,13 @@ in vitkit/checkpoint/bit_npz.py), Hugging Face folders and timm state dicts (vit
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,6 +40,7 @@ from .hub import resolve
 
 CONFIG, WEIGHTS, TRAIN_STATE = "config.json", "model.safetensors", "train_state.pt"
 FORMAT_VERSION = 1
+STALE_SECONDS = 60  # a temporary directory untouched this long belongs to a save that was killed
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -50,11 +53,24 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the `.NAME.tmp-*` siblings that saves killed mid-write left behind: those older than this save and
+    untouched for a minute (a save of the same path running right now in another process keeps writing its own)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _write_dir_atomically(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"output directory {path.parent} is not writable")
+    _remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
@@ -160,18 +176,31 @@ def _load_native(path: Path, **_):
     if state and all(v.dtype == torch.float64 for v in state.values() if v.is_floating_point()):
         model = model.double()  # a float64 checkpoint (e.g. converted for a 1e-9 reference check) stays float64
     load_state_dict_strict(model, state, str(path / WEIGHTS))
-    pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
+    try:
+        pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path / CONFIG}: invalid preprocess ({e})") from None
     return model, pre, meta.get("class_names")
 
 
-def _is_native(p: Path) -> bool:
-    p = _existing(p)
+def _folder_config(p: Path) -> Optional[dict]:
+    """The config.json of a checkpoint folder, None if there is none; a UserError saying why if it is broken."""
     if not (p.is_dir() and (p / CONFIG).exists()):
-        return False
+        return None
     try:
-        return json.loads((p / CONFIG).read_text()).get("format") == "vitkit"
-    except (json.JSONDecodeError, OSError):
-        return False
+        meta = json.loads((p / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p / CONFIG} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except OSError as e:
+        raise UserError(f"{p / CONFIG} cannot be read ({e.strerror or e})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{p / CONFIG} holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def _is_native(p: Path) -> bool:
+    meta = _folder_config(_existing(p))
+    return meta is not None and meta.get("format") == "vitkit"
 
 
 def _is_bit_npz(p: Path) -> bool:
@@ -181,12 +210,8 @@ def _is_bit_npz(p: Path) -> bool:
 
 
 def _is_hf(p: Path) -> bool:
-    if not (p.is_dir() and (p / CONFIG).exists()):
-        return False
-    try:
-        return json.loads((p / CONFIG).read_text()).get("model_type") == "vit"
-    except (json.JSONDecodeError, OSError):
-        return False
+    meta = _folder_config(p)
+    return meta is not None and meta.get("model_type") == "vit"
 
 
 # name, detector, "module:function" returning (model, preprocess, class_names). First match wins.
@@ -207,6 +232,11 @@ def detect_format(path) -> str:
     for name, detect, _ in FORMATS:
         if detect(p):
             return name
+    meta = _folder_config(p)
+    if meta is not None:
+        raise UserError(f"{p / CONFIG} has neither \"format\": \"vitkit\" nor \"model_type\": \"vit\" "
+                        f"(format {meta.get('format')!r}, model_type {meta.get('model_type')!r}): not a checkpoint "
+                        f"vitkit reads")
     raise UserError(f"{path} is not a checkpoint vitkit reads (expected a vitkit checkpoint directory, a Hugging "
                     f"Face ViT folder, an official .npz, or a timm .safetensors/.pth state dict)")
 

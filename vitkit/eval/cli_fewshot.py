@@ -19,9 +19,9 @@ def _ints(s: str) -> list[int]:
     try:
         v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {s!r}") from None
+        raise UserError(f"expected comma-separated integers, got {s!r}") from None
     if not v or min(v) < 1:
-        raise ValueError(f"expected positive integers, got {s!r}")
+        raise UserError(f"expected positive integers, got {s!r}")
     return v
 
 

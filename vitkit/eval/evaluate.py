@@ -10,8 +10,8 @@ that the training loop can shard evaluation over processes and all-reduce them.
 
 Test-time augmentation (`tta="flip"`): the class probabilities of each image and of its horizontal mirror are
 averaged (the loss is the cross-entropy of that average). Only for data whose classes are mirror-invariant (clothes,
-photos; not digits). Measured on full Fashion-MNIST with four ViT-Mini/7 runs: +0.35 to +0.74 points top-1
-for twice the evaluation cost. Reported separately from plain accuracy wherever vitkit prints it.
+photos; not digits), for twice the evaluation cost; what it gains: benchmarks/README.md ("Figures behind the
+code's choices"). Reported separately from plain accuracy wherever vitkit prints it.
 """
 
 from __future__ import annotations
