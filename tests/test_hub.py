@@ -380,10 +380,10 @@ def test_a_checkpoint_folder_packed_in_an_archive_loads_from_its_url(server, cac
     model = make_shipped(tmp_path / "src", name="ckpt")
     archive = Path(shutil.make_archive(str(tmp_path / "ckpt"), fmt, tmp_path / "src", "ckpt"))
     url = server.serve("/packed/" + archive.name, archive.read_bytes())
-    assert same_weights(vitkit.load(url), model) and vitkit.load(url).class_names[3] == "c3"
+    assert same_weights(vitkit.load(url).model, model) and vitkit.load(url).class_names[3] == "c3"
     assert (hub.cache_path(url).with_name(archive.name + ".d") / "ckpt" / "model.safetensors").is_file()
     assert server.hits == {"/packed/" + archive.name: 1}
-    assert main(["convert", url, str(tmp_path / "copy")]) == 0 and same_weights(vitkit.load(tmp_path / "copy"), model)
+    assert main(["convert", url, str(tmp_path / "copy")]) == 0 and same_weights(vitkit.load(tmp_path / "copy").model, model)
 
 
 def test_an_archive_reaching_outside_its_folder_is_refused(server, cache, tmp_path):

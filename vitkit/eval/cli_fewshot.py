@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 def _ints(s: str) -> list[int]:
     try:
