@@ -90,6 +90,11 @@ class LoadedModel:
     def config(self) -> ViTConfig:
         return unwrap(self.model).cfg
 
+    @property
+    def cfg(self) -> ViTConfig:
+        """The same as `config`, under the name the models use (`model.cfg`)."""
+        return self.config
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

@@ -150,7 +150,7 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     from ..model import create_model, model_from_config
     from ..resnet import BiTConfig
 
-    bit = isinstance(init_model.cfg if init_model is not None else default_config(s.model), BiTConfig)
+    bit = isinstance(init_model.config if init_model is not None else default_config(s.model), BiTConfig)
     if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout):
         raise UserError("--classifier, --pos-embed, --gelu and --dropout are ViT settings; a BiT ResNet has none")
     if init_model is not None:
