@@ -235,3 +235,130 @@ def test_loss_falls_on_real_photos_below_the_colour_frequencies(one_thread):
         opt.step()
     after = held_out()
     assert after < colour_frequencies - 0.25, (before, after, colour_frequencies)
+
+
+# ------------------------------------------------------------------------------------ vitkit train --recipe mpp
+
+
+def colour_folder(root: Path, per_class: int = 16, side: int = 32) -> Path:
+    """An image folder of RGB pictures made of 8x8 blocks of random colours (train/ and val/, two classes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                blocks = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+                Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)).save(d / f"{i}.png")
+    return root
+
+
+def metrics(out: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_vitkit_train_recipe_mpp_then_init_from_it(tmp_path, capsys, one_thread):
+    from safetensors.torch import load_file
+
+    import vitkit
+    from vitkit import cli
+    from vitkit.checkpoint.io import load_train_state
+
+    folder = colour_folder(tmp_path / "photos")
+    common = ["--dataset", f"imagefolder:{folder}", "--image-size", "32", "--batch-size", "8", "--precision", "fp32",
+              "--no-progress"]
+    assert cli.main(["train", "--recipe", "mpp", "--model", "ViT-testing/4", "--steps", "3", *common,
+                     "--out", str(tmp_path / "mpp")]) == 0
+    printed = capsys.readouterr().out
+    assert "masked patch prediction, test colour accuracy" in printed
+    records = metrics(tmp_path / "mpp")
+    assert records[0]["loss"] == pytest.approx(math.log(512), abs=1e-5)  # zero head: uniform over 512 colours
+    assert [r["step"] for r in records if "loss" in r and "top1" not in r] == [1, 2, 3]
+    final = [r for r in records if "top1" in r][-1]
+    assert 0 <= final["top1"] <= final["top5"] <= 1 and final["eval_loss"] > 0
+
+    # the checkpoint is an ordinary ViT; what MPP adds is in train_state.pt, for --resume
+    ckpt = tmp_path / "mpp" / "checkpoint"
+    model = vitkit.load(ckpt)
+    fresh = create_model("ViT-testing/4", num_classes=2, image_size=32)
+    assert set(load_file(str(ckpt / "model.safetensors"))) == set(fresh.state_dict())
+    state = load_train_state(ckpt)
+    assert state["settings"]["objective"] == "mpp"
+    assert set(state["objective_state"]) == {"mask_token", "head.proj.weight", "head.proj.bias"}
+    assert state["objective_state"]["head.proj.weight"].shape == (512, 16)
+    assert torch.equal(model.head.weight, torch.zeros_like(model.head.weight))  # the classifier took no part
+
+    # fine-tuning starts from it like from any other checkpoint (recipe finetune, labels used)
+    assert cli.main(["train", "--init", str(ckpt), "--steps", "2", *common, "--out", str(tmp_path / "ft")]) == 0
+    assert "test top-1" in capsys.readouterr().out
+    tuned = vitkit.load(tmp_path / "ft" / "checkpoint")
+    assert (tuned.blocks[0].attn.qkv.weight - model.blocks[0].attn.qkv.weight).abs().max() < 0.05
+    assert load_train_state(tmp_path / "ft" / "checkpoint")["objective_state"] is None
+
+
+def test_mpp_run_resumed_matches_the_uninterrupted_one(tmp_path, one_thread):
+    """The corruption is drawn from the augmentation generator, which train_state.pt restores: a run that dies after
+    step 4 and is resumed from step 3 logs the same losses, bit for bit, as an uninterrupted one; so the [mask]
+    embedding, the head and their Adam moments come back too."""
+    from vitkit.train.loop import TrainSettings, train
+
+    run = dict(model="ViT-testing/4", objective="mpp", batch_size=32, limit_train=128, limit_test=32,
+               precision="fp32", progress=False, warmup_steps=1, save_every=3, eval_every=3)
+    train(TrainSettings(**run, steps=6, out=str(tmp_path / "ref")))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_4(record):
+        if record["step"] == 4:
+            raise Crash
+
+    with pytest.raises(Crash):  # dies after step 4; the last checkpoint is step 3's
+        train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut")), on_step=crash_after_step_4)
+    train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut"), resume=True))
+    ref, cut = metrics(tmp_path / "ref"), metrics(tmp_path / "cut")
+    assert [r.get("loss", r.get("eval_loss")) for r in ref] == [r.get("loss", r.get("eval_loss")) for r in cut]
+    assert len([r for r in ref if "grad_norm" in r]) == 6
+
+
+def test_mpp_refuses_label_mixing_and_fsdp(tmp_path, capsys):
+    from vitkit import cli
+
+    assert cli.main(["train", "--recipe", "mpp", "--mixup", "0.2", "--out", str(tmp_path / "a")]) == 2
+    assert "--mixup and --cutmix blend images and labels" in capsys.readouterr().err
+    assert cli.main(["train", "--objective", "mpp", "--fsdp", "--out", str(tmp_path / "b")]) == 2
+    assert "--fsdp is not available with --objective mpp" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
+
+
+def test_mask_token_is_not_weight_decayed_and_evaluation_is_repeatable():
+    from vitkit.data.datasets import ArrayDataset
+    from vitkit.data.preprocess import Preprocess
+    from vitkit.train.objectives import MaskedPatchPrediction
+    from vitkit.train.optim import param_groups
+
+    mpp = MPPModel(create_model("ViT-testing/4", num_classes=2, image_size=16))
+    decayed, undecayed = param_groups(mpp, 0.1)
+    assert any(p is mpp.mask_token for p in undecayed["params"]) and all(p is not mpp.mask_token
+                                                                         for p in decayed["params"])
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    ds = ArrayDataset(images, torch.zeros(10, dtype=torch.int64), ["a", "b"], "random")
+    obj, pre = MaskedPatchPrediction(), Preprocess(image_size=16)
+    first = obj.summarize(obj.evaluate_counts(mpp, ds, torch.arange(10), 4, "fp32", pre, torch.device("cpu")), [])
+    again = obj.summarize(obj.evaluate_counts(mpp, ds, torch.arange(10), 4, "fp32", pre, torch.device("cpu")), [])
+    assert first == again and first["n"] == 10 and first["patches"] == 10 * 8
+    assert first["loss"] == pytest.approx(math.log(512), abs=1e-5)
+
+
+def test_mpp_recipe_follows_appendix_b12():
+    from vitkit.train.recipes import RECIPES
+
+    r = RECIPES["mpp"]
+    # Adam(W) with cosine decay after a warmup, as B.1.2; no label smoothing (no labels) and no zero-padded crops
+    assert (r.objective, r.optimizer, r.betas, r.schedule) == ("mpp", "adamw", (0.9, 0.999), "cosine")
+    assert r.warmup_epochs > 0 and r.label_smoothing == 0.0 and r.crop == "none" and r.mixup == r.cutmix == 0
+    assert all(x.objective == "classify" for name, x in RECIPES.items() if name != "mpp")

@@ -4,6 +4,7 @@
     vitkit train --dataset fashion-mnist --epochs 5
     vitkit train --recipe pretrain --model ViT-S/16 --dataset imagefolder:~/photos --batch-size 512 --accum-steps 8
     vitkit train --init runs/embedded/checkpoint --dataset cifar10 --image-size 56   # fine-tune (recipe finetune)
+    vitkit train --recipe mpp --dataset tiny-imagenet --model ViT-Mini/8 --image-size 64  # self-supervised (4.6)
     vitkit train --out runs/embedded --resume                                         # continue exactly
     torchrun --nproc_per_node=4 -m vitkit train --dataset cifar10 --batch-size 512   # DDP, same global batch
 
@@ -78,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         print(json.dumps(result))
+    elif result["objective"] == "mpp":
+        print(f"{result['dataset']}: masked patch prediction, test colour accuracy {100 * result['top1']:.2f}%  "
+              f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  ({result['n']} images, "
+              f"{result['steps']} steps, {result['time_s']:.0f} s, {result['img_per_s'] or 0:.0f} img/s)")
+        print(f"checkpoint: {result['checkpoint']}  (an ordinary ViT: fine-tune it with --init)")
     else:
         print(f"{result['dataset']}: test top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
               f"({result['n']} images, {result['steps']} steps, {result['time_s']:.0f} s, "

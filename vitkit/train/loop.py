@@ -43,6 +43,7 @@ from ..errors import UserError
 from ..flags import Number, check, device, flag, option, resumable
 from ..runtime import autocast, to_channels  # noqa: F401 (re-exported: vitkit.train.loop.to_channels)
 from . import distributed as D
+from .objectives import get_objective
 from .optim import build_optimizer, build_scheduler
 from .recipes import LONG, WHAT, Recipe
 
@@ -310,9 +311,13 @@ class Plan:
 
 @dataclass
 class Parts:
-    """What build() makes: the model (bare, compiled, wrapped), its optimizer and schedule, the augmentation."""
+    """What build() makes: the model (bare, compiled, wrapped), its optimizer and schedule, the augmentation.
+    `core` is the ViT the checkpoint holds; `trained` what the objective optimises (the ViT, or MPPModel around
+    it, see objectives.py), which `cmodel` compiles and `model` wraps for the processes."""
 
     core: Any
+    trained: Any
+    objective: Any
     cmodel: Any
     model: Any
     preprocess: Any
@@ -478,12 +483,16 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
 
         src = _existing(run.ckpt_dir)
         load_state_dict_strict(core, load_file(str(src / WEIGHTS)), str(src / WEIGHTS))
-    core.to(info.device)
-    cmodel = torch.compile(core) if s.compile else core
-    model = D.wrap_model(cmodel if not s.fsdp else core, info, fsdp=s.fsdp)
+    objective = get_objective(s.objective)
+    trained = objective.module(core, preprocess)
+    if run.saved is not None:
+        objective.load_extra_state(trained, run.saved.get("objective_state"))
+    trained.to(info.device)
+    cmodel = torch.compile(trained) if s.compile else trained
+    model = D.wrap_model(cmodel if not s.fsdp else trained, info, fsdp=s.fsdp)
     if s.fsdp and s.compile:
         model = torch.compile(model)
-    optimizer = build_optimizer(core, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
+    optimizer = build_optimizer(trained, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
                                 fused=not s.fsdp and info.device.type in ("cpu", "cuda"))
     scheduler = build_scheduler(optimizer, plan.warmup, plan.total, s.schedule)
     aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
@@ -491,7 +500,7 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
                        flip=s.flip and getattr(data.train, "flip_ok", True), randaugment=s.randaugment,
                        mixup=s.mixup, cutmix=s.cutmix, label_smoothing=s.label_smoothing, seed=s.seed,
                        erase=s.random_erase, pad=s.crop_pad)
-    parts = Parts(core, cmodel, model, preprocess, optimizer, scheduler, aug, aug_gen)
+    parts = Parts(core, trained, objective, cmodel, model, preprocess, optimizer, scheduler, aug, aug_gen)
     return parts, restore(run, parts, plan)
 
 
@@ -519,10 +528,10 @@ def restore(run: Run, parts: Parts, plan: Plan) -> Progress:
 
 
 def evaluate(run: Run, data: Data, parts: Parts) -> dict:
-    """Top-1/top-5/loss on the test split; each process takes its share and the counts are summed."""
-    from ..eval.evaluate import evaluate_counts, summarize
-
+    """Top-1/top-5/loss on the test split (for MPP: of the corrupted patches' colours, see objectives.py); each
+    process takes its share and the counts are summed."""
     s, info = run.s, run.info
+    evaluate_counts, summarize = parts.objective.evaluate_counts, parts.objective.summarize
     if s.fsdp and info.enabled:  # every rank runs the sharded model on all the data (collectives align)
         counts = evaluate_counts(parts.model, data.test, torch.arange(data.n_test), s.eval_batch_size, s.precision,
                                  parts.preprocess, info.device)
@@ -540,7 +549,7 @@ def evaluate(run: Run, data: Data, parts: Parts) -> dict:
 def _all_finite(run: Run, parts: Parts) -> bool:
     """Every weight finite, on every process (each checks its own FSDP shards)."""
     bad = sum(int((~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p)).sum())
-              for p in parts.core.parameters())
+              for p in parts.trained.parameters())
     return float(D.all_reduce_(torch.tensor(float(bad), device=run.info.device))) == 0
 
 
@@ -556,7 +565,7 @@ def save(path: Path, run: Run, data: Data, plan: Plan, parts: Parts, progress: P
              "optimizer": D.full_optimizer_state(model, parts.optimizer), "scheduler": parts.scheduler.state_dict(),
              "best_top1": progress.best_top1, "best_step": progress.best_step,
              "rng": D.all_gather_object(rng_state(parts.aug_gen)), "settings": run.s.to_dict(),
-             "world_size": plan.world}
+             "world_size": plan.world, "objective_state": parts.objective.extra_state(parts.trained)}
     tosave = parts.core
     if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
         full = D.full_model_state(model)
@@ -585,25 +594,24 @@ def _last_good(run: Run, progress: Progress) -> str:
 
 def train_step(run: Run, parts: Parts, plan: Plan, batches) -> tuple[float, float, float]:
     """One optimizer step on the next `accum` micro-batches: (mean loss over processes, gradient norm, seconds
-    spent waiting for data). Raises TrainingDiverged before the update if the loss or the gradient is not finite."""
-    from ..data.transforms import soft_target_cross_entropy
-
-    s, dev, model = run.s, run.info.device, parts.model
+    spent waiting for data). Raises TrainingDiverged before the update if the loss or the gradient is not finite.
+    The objective (objectives.py) makes the model input and the loss; MPP draws its corruption from aug_gen."""
+    s, dev, model, objective = run.s, run.info.device, parts.model, parts.objective
     wait = 0.0
     loss_sum = torch.zeros((), device=dev)
     for m in range(plan.accum):
         tw = time.perf_counter()
         images, labels = next(batches)
         images, targets = parts.aug(to_channels(images, parts.core.cfg.in_chans), labels, generator=parts.aug_gen)
-        x = parts.preprocess.normalize(images).to(dev, non_blocking=True)
+        x = objective.inputs(images, parts.preprocess).to(dev, non_blocking=True)
         targets = targets.to(dev, non_blocking=True)
         wait += time.perf_counter() - tw
         with D.no_sync(model, m == plan.accum - 1):
             with autocast(dev, s.precision):
-                loss = soft_target_cross_entropy(model(x).float(), targets) / plan.accum
+                loss = objective.loss(model, x, targets, parts.aug_gen) / plan.accum
             loss.backward()
         loss_sum += loss.detach()
-    params = [p for p in parts.core.parameters() if p.requires_grad]
+    params = [p for p in parts.trained.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.clip_grad or float("inf")))
     loss_val = float(D.all_reduce_(loss_sum) / plan.world)
     return loss_val, grad_norm, wait
@@ -690,6 +698,7 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
     setup (run directory, saved state, seeds, --init) -> load_data -> plan_steps -> build -> fit -> evaluate.
     `on_step(record)`, if given, is called after every optimizer step with the record written to metrics.jsonl."""
     check(s)
+    get_objective(s.objective).check(s)
     info = D.setup(s.device)
     try:
         run = setup(s, info)
@@ -702,7 +711,8 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
         _say(f"vitkit train: {cfg.name or s.model} ({parts.core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) "
              f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
              f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
-             f"lr {s.lr:g}, {s.precision}, {info.device}", info.is_main)
+             f"lr {s.lr:g}, {s.precision}, {info.device}"
+             + (", masked patch prediction (labels unused)" if s.objective == "mpp" else ""), info.is_main)
         try:
             fit(run, data, plan, parts, progress, logger, on_step)
         finally:
@@ -724,4 +734,4 @@ def result(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -
             "epochs": round(p.step / plan.steps_per_epoch, 3), "time_s": round(time.perf_counter() - run.t_start, 2),
             "img_per_s": round(p.train_images / p.train_time, 1) if p.train_time else None,
             "data_wait_frac": round(p.wait_time / p.train_time, 4) if p.train_time else None,
-            "world_size": plan.world, "per_class": r["per_class"]}
+            "world_size": plan.world, "objective": run.s.objective, "per_class": r["per_class"]}

@@ -1,8 +1,9 @@
 """Optimiser, parameter groups and learning-rate schedule.
 
 Weight decay is applied to weight matrices and convolution kernels only: biases, LayerNorm scales/offsets, the
-position embeddings and the [class] token are excluded (decaying them towards zero only hurts; this is the usual
-ViT practice, e.g. big_vision's `wd_mults` and timm's `no_weight_decay`).
+position embeddings, the [class] token and masked patch prediction's [mask] embedding are excluded (decaying them
+towards zero only hurts; this is the usual ViT practice, e.g. big_vision's `wd_mults` and timm's
+`no_weight_decay`).
 
 The schedule is a `LambdaLR` whose factor is a pure function of the step (linear warmup from 0, then linear or
 cosine decay to 0 at the last step), so resuming from a saved step reproduces it exactly.
@@ -15,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -16,6 +16,11 @@ the same name (``--weight-decay`` sets ``weight_decay``, ...); the loop (loop.py
   (``--image-size``; position embeddings are 2D-interpolated by vitkit.checkpoint.surgery.adapt_model). The paper
   uses batch 512 and 500 warmup steps and picks the learning rate from {0.001, 0.003, 0.01, 0.03}; the default
   here is 0.01 with batch 128 and half an epoch of warmup, since small datasets have few steps.
+* ``mpp``      -- section 4.6 / appendix B.1.2: self-supervised masked patch prediction (``--objective mpp``, see
+  vitkit/train/objectives.py and vitkit/mpp.py) on any image dataset, labels unused; then fine-tune the checkpoint
+  (``--init``) or probe it (``vitkit fewshot``) like any other. The paper: Adam, base learning rate 2e-4 at batch
+  4096, 10k warmup steps, cosine decay, 1M steps on JFT. Scaled down here as ``pretrain`` is (AdamW lr 1e-3, batch
+  256, 2 warmup epochs), with cosine decay and no crops: zero-padded crop borders would be free black patches.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class Recipe:
     name: str = flag("default", cli=False)  # chosen with --recipe
     model: str = flag("ViT-Mini/7", "variant, e.g. ViT-Mini/7, ViT-S/16, R+ViT-Mini/8 (see `vitkit models`)",
                       group=WHAT)
+    objective: str = flag("classify", "what is learnt: classify the labels, or mpp, masked patch prediction (paper "
+                          "section 4.6; self-supervised, labels unused; the checkpoint is an ordinary ViT)",
+                          choices=("classify", "mpp"), group=WHAT)
     dataset: str = flag("embedded", "embedded (default), fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH",
                         group=WHAT)
     image_size: Optional[int] = flag(None, "input resolution (default: the dataset's, or the checkpoint's with "
@@ -96,6 +104,9 @@ RECIPES: dict[str, Recipe] = {
     "pretrain": Recipe(name="pretrain", optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.1,
                        schedule="linear", warmup_epochs=2.0, batch_size=256, epochs=30, clip_grad=1.0, crop="pad",
                        label_smoothing=0.0),
+    "mpp": Recipe(name="mpp", objective="mpp", optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05,
+                  schedule="cosine", warmup_epochs=2.0, batch_size=256, epochs=30, clip_grad=1.0,
+                  label_smoothing=0.0),
     "finetune": Recipe(name="finetune", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, clip_grad=1.0,
                        schedule="cosine", warmup_epochs=0.5, batch_size=128, epochs=10, label_smoothing=0.0),
 }
