@@ -28,7 +28,8 @@ from vitkit.train.loop import TrainSettings, train
 # no random augmentation and no dropout, so that the split of the batch over processes is the only difference
 TINY = dict(model="ViT-testing/4", steps=4, batch_size=32, limit_train=256, limit_test=64, precision="fp32",
             crop="none", flip=False, dropout=0.0, warmup_steps=1, eval_every=2, progress=False)
-RUNS = {"ddp": dict(accum_steps=2), "fsdp": dict(fsdp=True, grad_checkpointing=True)}
+RUNS = {"ddp": dict(accum_steps=2), "fsdp": dict(fsdp=True, grad_checkpointing=True),
+        "mpp": dict(objective="mpp", accum_steps=2)}
 
 
 def _free_port() -> int:
@@ -72,6 +73,20 @@ def test_two_ranks_ddp_match_one_rank(runs):
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     assert ev1 == ev2  # sharded evaluation, all-reduced, counts every test image once
     assert vitkit.load(runs / "ddp" / "checkpoint").model.cfg.num_classes == 10
+
+
+def test_two_ranks_train_masked_patch_prediction(runs):
+    """DDP around MPPModel: the ViT's unused classifier is frozen, so DDP finds every trained parameter used; the
+    checkpoint is an ordinary ViT and the sharded evaluation counts every test image once."""
+    from vitkit.checkpoint.io import load_train_state
+
+    losses, _ = _losses(runs / "mpp")
+    assert len(losses) == 4 and all(np.isfinite(losses)) and losses[0] == pytest.approx(np.log(8), abs=1e-5)
+    rows = [json.loads(line) for line in (runs / "mpp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "top1" in r] == [2, 4]
+    assert set(load_train_state(runs / "mpp" / "checkpoint")["objective_state"]) == {
+        "mask_token", "head.proj.weight", "head.proj.bias"}
+    assert vitkit.load(runs / "mpp" / "checkpoint").cfg.num_classes == 10
 
 
 def test_fsdp_two_ranks_match_one_rank(runs):
