@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Masked patch prediction vs training from scratch vs supervised pre-training (paper section 4.6, App. B.1.2),
-# at laptop scale: one model, one dataset (Tiny ImageNet, 100k train / 10k val images, 200 classes), equal compute.
+# at laptop scale: one model, one dataset (Tiny ImageNet: 200 classes, 10k validation images), equal compute.
 #
 #   benchmarks/mpp_tiny_imagenet.sh [OUT]          # then read OUT/summary.txt
 #
@@ -10,7 +10,7 @@
 #   supervised  supervised pre-training for PT_EPOCHS epochs, then the same fine-tuning
 # The score is each arm's final top-1 on the Tiny ImageNet validation split. The paper (ViT-B/16, MPP on JFT,
 # fine-tuned on ImageNet): MPP +2 % over from scratch, 4 % behind supervised pre-training. Here the supervised arm
-# pre-trains on the same 100k images rather than on a far larger labelled set, so it is the label-using reference
+# pre-trains on the same training images rather than on a far larger labelled set, so it is the label-using reference
 # of the same two-phase schedule, not the paper's JFT model.
 #
 # Environment: DATA (folder holding tiny-imagenet-200/, default ../shared/data), MODEL (ViT-Mini/8), SIZE (64),
@@ -67,7 +67,7 @@ print(f"MPP pre-training: held-out colour accuracy {100 * r['mpp-pretrain']['top
 for arm, name in (("scratch", "scratch"), ("mpp", "mpp-finetune"), ("supervised", "supervised-finetune")):
     seconds = r[name]["time_s"] + (r[name.replace("finetune", "pretrain")]["time_s"] if arm != "scratch" else 0)
     print(f"{arm:<11} top-1 {100 * r[name]['top1']:6.2f} %  top-5 {100 * r[name]['top5']:6.2f} %  "
-          f"({r[name]['n']} images, {seconds:.0f} s of training)")
+          f"({r[name]['n']} images, {seconds:.0f} s wall)")
 print(f"mpp - scratch: {100 * (r['mpp-finetune']['top1'] - r['scratch']['top1']):+.2f} points; "
       f"mpp - supervised: {100 * (r['mpp-finetune']['top1'] - r['supervised-finetune']['top1']):+.2f} points")
 EOF
