@@ -15,7 +15,7 @@ LAYERS = [
     ["errors", "version"],
     ["config", "perf", "flags"],
     ["hybrid"],
-    ["model", "resnet"],
+    ["model", "resnet", "mpp"],
     ["data"],
     ["runtime"],
     ["checkpoint"],

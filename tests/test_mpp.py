@@ -332,7 +332,9 @@ def test_mpp_refuses_label_mixing_and_fsdp(tmp_path, capsys):
     assert "--mixup and --cutmix blend images and labels" in capsys.readouterr().err
     assert cli.main(["train", "--objective", "mpp", "--fsdp", "--out", str(tmp_path / "b")]) == 2
     assert "--fsdp is not available with --objective mpp" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
+    assert cli.main(["train", "--objective", "mpp", "--model", "BiT-R50x1", "--out", str(tmp_path / "c")]) == 2
+    assert "--model BiT-R50x1 is a ResNet" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")  # refused before any work
 
 
 def test_mask_token_is_not_weight_decayed_and_evaluation_is_repeatable():

@@ -70,10 +70,19 @@ class MaskedPatchPrediction(Classify):
                             "colour and reads no labels: leave them at 0")
         if s.fsdp:
             raise UserError("--fsdp is not available with --objective mpp; use DDP (the default with torchrun)")
+        from ..resnet import is_bit_name
+
+        if not s.init and is_bit_name(s.model):
+            raise UserError(f"--objective mpp corrupts patch embeddings, which only a ViT (or hybrid) has; "
+                            f"--model {s.model} is a ResNet")
 
     def module(self, core: nn.Module, preprocess) -> nn.Module:
+        from ..model import ViT
         from ..mpp import MPPModel
 
+        if not isinstance(core, ViT):
+            raise UserError(f"--objective mpp corrupts patch embeddings, which only a ViT (or hybrid) has; "
+                            f"{getattr(core.cfg, 'name', '') or type(core).__name__} is a ResNet")
         for layer in (core.head, core.pre_logits):  # the classifier takes no part (and DDP wants no idle params)
             if layer is not None:
                 layer.requires_grad_(False)
@@ -99,7 +108,7 @@ class MaskedPatchPrediction(Classify):
     def evaluate_counts(self, model, dataset, indices, batch_size, precision, preprocess, device) -> dict:
         """Summed over the corrupted patches of `indices`: colour loss, top-1 and top-5 hits, count."""
         from ..data.datasets import iterate_batches, resize_batch
-        from .loop import autocast, to_channels
+        from ..runtime import autocast, to_channels
 
         was_training = model.training
         model.eval()
