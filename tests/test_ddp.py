@@ -86,7 +86,7 @@ def test_two_ranks_train_masked_patch_prediction(runs):
     assert [r["step"] for r in rows if "top1" in r] == [2, 4]
     assert set(load_train_state(runs / "mpp" / "checkpoint")["objective_state"]) == {
         "mask_token", "head.proj.weight", "head.proj.bias"}
-    assert vitkit.load(runs / "mpp" / "checkpoint").cfg.num_classes == 10
+    assert vitkit.load(runs / "mpp" / "checkpoint").model.cfg.num_classes == 10
 
 
 def test_fsdp_two_ranks_match_one_rank(runs):

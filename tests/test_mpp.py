@@ -184,13 +184,14 @@ def test_gradient_reaches_the_mask_token_and_the_vit_stays_ordinary():
     assert set(mpp.mpp_state_dict()) == {"mask_token", "head.proj.weight", "head.proj.bias"}
 
 
-def test_normalisation_follows_the_vits_preprocess():
+def test_normalisation_is_the_preprocess_one():
     from vitkit.data.preprocess import Preprocess
 
     vit = create_model("ViT-testing/4", num_classes=5, image_size=16)
-    vit.preprocess = Preprocess(image_size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pre = Preprocess(image_size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
-    torch.testing.assert_close(MPPModel(vit).normalize(images), vit.preprocess.normalize(images))
+    torch.testing.assert_close(MPPModel(vit, mean=pre.mean, std=pre.std).normalize(images), pre.normalize(images))
+    torch.testing.assert_close(MPPModel(vit).normalize(images), Preprocess(image_size=16).normalize(images))
     with pytest.raises(ValueError, match="mean/std need 3 values"):
         MPPModel(vit, mean=(0.5,), std=(0.5,))
 
@@ -283,7 +284,7 @@ def test_vitkit_train_recipe_mpp_then_init_from_it(tmp_path, capsys, one_thread)
 
     # the checkpoint is an ordinary ViT; what MPP adds is in train_state.pt, for --resume
     ckpt = tmp_path / "mpp" / "checkpoint"
-    model = vitkit.load(ckpt)
+    model = vitkit.load(ckpt).model
     fresh = create_model("ViT-testing/4", num_classes=2, image_size=32)
     assert set(load_file(str(ckpt / "model.safetensors"))) == set(fresh.state_dict())
     state = load_train_state(ckpt)
@@ -295,7 +296,7 @@ def test_vitkit_train_recipe_mpp_then_init_from_it(tmp_path, capsys, one_thread)
     # fine-tuning starts from it like from any other checkpoint (recipe finetune, labels used)
     assert cli.main(["train", "--init", str(ckpt), "--steps", "2", *common, "--out", str(tmp_path / "ft")]) == 0
     assert "test top-1" in capsys.readouterr().out
-    tuned = vitkit.load(tmp_path / "ft" / "checkpoint")
+    tuned = vitkit.load(tmp_path / "ft" / "checkpoint").model
     assert (tuned.blocks[0].attn.qkv.weight - model.blocks[0].attn.qkv.weight).abs().max() < 0.05
     assert load_train_state(tmp_path / "ft" / "checkpoint")["objective_state"] is None
 

@@ -156,7 +156,7 @@ class MPPModel(nn.Module):
     M the corrupted patches of the batch; `loss` gives their mean cross-entropy.
 
     `images` are raw pixels, uint8 or float in [0, 1]: the targets are computed from them and the model input is
-    normalised here, with `mean` / `std` (default: the ViT's preprocess, if it has one, else 0.5 as for a fresh
+    normalised here, with `mean` / `std` (those of the checkpoint's Preprocess; default 0.5, as for a fresh
     model). `bits`, `ratio` and `split` are the paper's 3, 0.5 and (0.8, 0.1, 0.1) unless changed.
     """
 
@@ -165,10 +165,9 @@ class MPPModel(nn.Module):
         super().__init__()
         cfg = vit.cfg
         self.vit, self.bits, self.ratio, self.split = vit, bits, ratio, tuple(split)
-        pre = getattr(vit, "preprocess", None)
         c = cfg.in_chans
-        mean = mean if mean is not None else (pre.mean if pre is not None else (0.5,) * c)
-        std = std if std is not None else (pre.std if pre is not None else (0.5,) * c)
+        mean = mean if mean is not None else (0.5,) * c
+        std = std if std is not None else (0.5,) * c
         if len(mean) != c or len(std) != c:
             raise ValueError(f"MPPModel: mean/std need {c} values for a {c}-channel model, got {mean} / {std}")
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
