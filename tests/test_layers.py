@@ -22,6 +22,7 @@ LAYERS = [
     ["analysis"],
     ["eval"],
     ["train"],
+    ["study"],
     ["bench"],
     ["vitkit", "cli_models"],
     ["cli", "__main__"],

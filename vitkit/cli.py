@@ -32,6 +32,8 @@ COMMANDS = {
                 "vitkit.analysis.cli_analyze"),
     "fewshot": ("few-shot linear evaluation on frozen features (paper section 4.1)", "vitkit.eval.cli_fewshot"),
     "features": ("export frozen pre-logits features to .npy", "vitkit.eval.cli_features"),
+    "study": ("the paper's scaling studies at laptop scale: data-scale (Fig. 3/4), compute (Fig. 5)",
+              "vitkit.study.cli"),
     "bench": ("throughput, memory and MFU, side by side with Hugging Face", "vitkit.bench.cli"),
 }
 

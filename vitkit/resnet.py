@@ -81,6 +81,8 @@ ROOTS = {"standard": (7, 2, True), "small": (3, 1, False)}
 LISTED = ["BiT-R50x1", "BiT-R50x3", "BiT-R101x1", "BiT-R101x3", "BiT-R152x2", "BiT-R152x4", "BiT-R26x1",
           "BiT-R26x1-S", "BiT-R14x1-S"]
 DEFAULT_IMAGE_SIZE = {"standard": 224, "small": 32}
+# Seconds-long smoke tests (like ViT-testing/4): one unit, half width, the small root. Not listed.
+TESTING = {"BiT-testing": dict(layers=(1,), width=0.5, root="small", image_size=32, name="BiT-testing")}
 
 _NAME = re.compile(r"^bit[-_ ](?:[sml][-_])?r(?P<depth>\d+)x(?P<width>\d+)(?P<small>[-_]s)?$", re.IGNORECASE)
 
@@ -159,6 +161,9 @@ def bit_config(name: str, **overrides) -> BiTConfig:
 
     "BiT-R<depth>x<width>" with depth in DEPTHS and a positive integer width; "-S" appended selects the small-image
     root. The official "BiT-S-R50x1" / "BiT-M-R50x1" name the same architecture as "BiT-R50x1"."""
+    testing = {k.lower(): v for k, v in TESTING.items()}.get(name.strip().lower())
+    if testing is not None:
+        return BiTConfig(**{**testing, **{k: v for k, v in overrides.items() if v is not None}})
     m = _NAME.match(name.strip())
     if not m or int(m.group("depth")) not in DEPTHS or int(m.group("width")) < 1:
         raise ValueError(f"unknown BiT variant {name!r}; valid: BiT-R<depth>x<width>[-S] with depth in "

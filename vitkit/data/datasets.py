@@ -163,6 +163,49 @@ class ArrayDataset:
                 f"{self.num_classes} classes)")
 
 
+def first_per_class(labels, fraction: float) -> np.ndarray:
+    """Indices (in dataset order) of the first round(fraction * n_c) examples of every class c (at least one), so
+    that a subset keeps the class balance of the whole and a larger fraction contains every smaller one."""
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        keep[where[:max(1, int(fraction * len(where) + 0.5))]] = True
+    return np.flatnonzero(keep)
+
+
+class Subset:
+    """The examples `indices` of a dataset, with the dataset's interface (what iterate_batches and training use)."""
+
+    def __init__(self, base, indices):
+        self.base, self.indices = base, torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        self.labels = torch.as_tensor(base.labels)[self.indices]
+        self.class_names, self.channels = list(base.class_names), base.channels
+        self.flip_ok, self.name = getattr(base, "flip_ok", True), base.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.get_batch(self.indices[idx])
+
+    def iterate_batches(self, indices: torch.Tensor, batch_size: int, num_workers: int = 0):
+        yield from iterate_batches(self.base, self.indices[torch.as_tensor(indices)], batch_size, num_workers)
+
+
+def subset_per_class(ds, fraction: float):
+    """`ds` cut to first_per_class(fraction); an in-memory dataset stays one (ArrayDataset, a copy)."""
+    idx = first_per_class(np.asarray(ds.labels), fraction)
+    if isinstance(ds, ArrayDataset):
+        t = torch.from_numpy(idx)
+        return ArrayDataset(ds.images[t], ds.labels[t], ds.class_names, ds.name, flip_ok=ds.flip_ok)
+    return Subset(ds, idx)
+
+
 def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Optional[int] = None,
                  channels: Optional[int] = None, download: Optional[bool] = None, preprocess=None):
     """An ArrayDataset for a named dataset, an ImageFolderDataset for "imagefolder:PATH".

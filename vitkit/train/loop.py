@@ -66,6 +66,9 @@ class TrainSettings(Recipe):
                                       resumable=True)
     limit_train: Optional[int] = flag(None, "use only the first N training examples", type=Number(int, min=1),
                                       metavar="N", group=LONG)
+    train_fraction: Optional[float] = flag(None, "use only the first fraction F of each class's training examples "
+                                           "(class-balanced, nested: a smaller F's images are in every larger F's)",
+                                           type=Number(float, above=0, max=1), metavar="F", group=LONG)
     limit_test: Optional[int] = flag(None, "evaluate on the first N test examples only", type=Number(int, min=1),
                                      metavar="N", group=LONG)
     seed: int = flag(0, "seed of the initialisation, the data order and the augmentation", type=Number(int, min=0),
@@ -429,6 +432,10 @@ def load_data(s: TrainSettings, init_model) -> Data:
     if s.dataset.lower().startswith("imagefolder:") and size is None:
         size = default_config(s.model).image_size
     train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=size, channels=chans)
+    if s.train_fraction is not None and s.train_fraction < 1:
+        from ..data.datasets import subset_per_class
+
+        train_ds = subset_per_class(train_ds, s.train_fraction)
     test_ds = load_dataset(s.dataset, "test", data_dir=s.data_dir, image_size=size, channels=chans)
     n_train = len(train_ds.labels) if s.limit_train is None else min(s.limit_train, len(train_ds.labels))
     n_test = len(test_ds.labels) if s.limit_test is None else min(s.limit_test, len(test_ds.labels))
@@ -728,7 +735,8 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
 
 def result(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -> dict:
     r, p = progress.last_eval, progress
-    return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "n": r["n"], "dataset": run.s.dataset,
+    return {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "n": r["n"], "n_train": data.n_train,
+            "dataset": run.s.dataset,
             "model": parts.core.cfg.name or run.s.model, "checkpoint": str(run.ckpt_dir),
             "best": str(run.out / BEST), "best_top1": max(p.best_top1, 0.0), "steps": p.step,
             "epochs": round(p.step / plan.steps_per_epoch, 3), "time_s": round(time.perf_counter() - run.t_start, 2),
