@@ -215,3 +215,13 @@ def test_quick_data_scale_on_tiny_imagenet(tmp_path):
     assert len(rows) == 6 and {r["pretrain_images"] for r in rows} == {200 * 25, 200 * 50}
     assert all(r["top1_images"] == 500 for r in rows)
     assert (out / "data-scale.png").is_file()
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, float("nan")])
+def test_train_fraction_is_checked(bad):
+    from vitkit.errors import UserError
+    from vitkit.flags import check
+    from vitkit.train.loop import TrainSettings
+
+    with pytest.raises(UserError, match="--train-fraction must be a number > 0 and <= 1"):
+        check(TrainSettings(train_fraction=bad))
