@@ -187,7 +187,7 @@ def test_figures_are_drawn(study):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["study", "mpp", "--out", "X"], "masked patch prediction"),
+    (["study", "mpp", "--out", "X"], "mpp study (masked patch prediction vs scratch vs supervised) is not implemented"),
     (["study", "data-scale", "--quick"], "--out DIR is required"),
     (["study", "data-scale", "--quick", "--out", "X"], "--transfer SPEC is needed"),
     (["study", "data-scale", "--quick", "--out", "X", "--seed", "-1"], "--seed"),

@@ -73,8 +73,8 @@ def run(args) -> int:
     if s.out is None:
         raise UserError("--out DIR is required (results.json and the figure are written there)")
     if args.study == "mpp":
-        raise UserError("the mpp study needs the masked patch prediction objective (--recipe mpp), which this "
-                        "version does not have yet")
+        raise UserError("the mpp study (masked patch prediction vs scratch vs supervised) is not implemented yet; "
+                        "pre-train with `vitkit train --recipe mpp` and compare with `vitkit fewshot` meanwhile")
     out = Path(s.out).expanduser()
     check_writable(out, "--out", directory=True)
     cells = Path(s.cells).expanduser() if s.cells else out / "cells"
