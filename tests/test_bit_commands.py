@@ -39,8 +39,10 @@ def test_train_checkpoint_eval(run, capsys):
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta["model"]["family"] == "bit" and meta["model"]["layers"] == [1, 1, 1, 1]
     assert meta["model"]["root"] == "small" and meta["model"]["image_size"] == 16 and meta["model"]["in_chans"] == 1
-    model = vitkit.load(ckpt)
-    assert isinstance(model, BiT) and model.cfg.name == "BiT-R14x1-S" and model.class_names[-1] == "Ankle boot"
+    loaded = vitkit.load(ckpt)  # a LoadedModel: the BiT model, its preprocessing and class names
+    assert isinstance(loaded.model, BiT) and loaded.cfg.name == "BiT-R14x1-S"
+    assert loaded.class_names[-1] == "Ankle boot"
+    model = loaded.model
     saved = load_file(str(ckpt / "model.safetensors"))
     assert saved.keys() == model.state_dict().keys()
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
@@ -83,7 +85,7 @@ def test_convert_official_npz_round_trip(run, tmp_path, capsys):
         assert f["resnet/root_block/standardized_conv2d/kernel"].shape == (3, 3, 1, 64)
     assert main(["convert", str(tmp_path / "bit.npz"), str(tmp_path / "back"), "--image-size", "16"]) == 0
     a, b = vitkit.load(ckpt), vitkit.load(tmp_path / "back")
-    assert b.source_format == "vitkit" and b.cfg == a.cfg.replace(name=b.cfg.name)
+    assert b.source == "vitkit" and b.cfg == a.cfg.replace(name=b.cfg.name)
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
@@ -116,9 +118,9 @@ def test_fine_tune_from_bit(run, tmp_path, capsys):
     one_line_error(capsys, main(["train", *TINY, "--classifier", "gap", "--out", str(out)]), "BiT ResNet has none")
     assert main(["train", "--init", str(run / "checkpoint"), *TINY[2:], "--out", str(out)]) == 0
     before, after = vitkit.load(run / "checkpoint"), vitkit.load(out / "checkpoint")
-    assert isinstance(after, BiT) and after.cfg.layers == before.cfg.layers
-    assert not torch.equal(before.stem.weight, after.stem.weight)  # fine-tuned, from the loaded weights
-    assert (before.stem.weight - after.stem.weight).abs().max() < 0.1
+    assert isinstance(after.model, BiT) and after.cfg.layers == before.cfg.layers
+    assert not torch.equal(before.model.stem.weight, after.model.stem.weight)  # fine-tuned, from the loaded weights
+    assert (before.model.stem.weight - after.model.stem.weight).abs().max() < 0.1
 
 
 BIT_TINY = dict(model="BiT-R14x1-S", image_size=16, steps=2, batch_size=8, limit_train=32, limit_test=16,
@@ -164,7 +166,7 @@ def test_fsdp_shards_bit_units(tmp_path):
     assert len(one) == 2 and one[0] != one[1]
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     a, b = vitkit.load(tmp_path / "one" / "checkpoint"), vitkit.load(tmp_path / "fsdp" / "checkpoint")
-    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (n, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=n)
 
 
@@ -179,6 +181,6 @@ def test_fine_tune_from_an_official_bit_npz(tmp_path):
     out = tmp_path / "ft"
     assert main(["train", "--init", str(tmp_path / "bit.npz"), *TINY[2:], "--out", str(out)]) == 0
     tuned = vitkit.load(out / "checkpoint")
-    assert isinstance(tuned, BiT) and tuned.cfg.num_classes == 10 and tuned.cfg.layers == (2, 2, 1, 1)
+    assert isinstance(tuned.model, BiT) and tuned.cfg.num_classes == 10 and tuned.cfg.layers == (2, 2, 1, 1)
     root = torch.from_numpy(weights["resnet/root_block/standardized_conv2d/kernel"].transpose(3, 2, 0, 1))
-    assert 0 < (tuned.stem.weight - root).abs().max() < 0.1
+    assert 0 < (tuned.model.stem.weight - root).abs().max() < 0.1
