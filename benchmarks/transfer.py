@@ -80,7 +80,7 @@ def row(kind: str, name: str, folder: Path, args, out: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--init", required=True, help="pre-trained model: a shipped name, URL or checkpoint")
+    p.add_argument("--init", help="pre-trained model: a shipped name, URL or checkpoint (for finetune, fewshot)")
     p.add_argument("--out", type=Path, default=Path("runs/transfer"))
     p.add_argument("--sets", type=Path, default=Path("runs/transfer-sets"),
                    help="where scripts/make_transfer_sets.py wrote the 1k-image sets")
@@ -88,6 +88,9 @@ def main() -> int:
     p.add_argument("--kinds", default="baselines,scratch,finetune,fewshot")
     a = p.parse_args()
     a.extra = {}
+    if not a.init and {"finetune", "fewshot"} & set(a.kinds.split(",")):
+        print("transfer: error: --kinds finetune/fewshot need --init (a pre-trained model)", file=sys.stderr)
+        return 2
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in a.only.split(","):
