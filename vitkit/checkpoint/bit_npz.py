@@ -20,7 +20,6 @@ resolution, pixels to [-1, 1].
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,7 +30,7 @@ import torch
 from ..errors import UserError
 from ..resnet import DEPTHS, ROOTS, BiT, BiTConfig, DEFAULT_IMAGE_SIZE
 from .keys import _regex as keys_regex
-from .npz import _conv, _conv_back, official_preprocess, read_npz
+from .npz import _conv, _conv_back, official_preprocess, read_npz, stage_units
 
 PREFIX = "resnet/"
 ROOT_KEY = PREFIX + "root_block/standardized_conv2d/kernel"
@@ -107,23 +106,15 @@ def infer_config(flat: dict[str, np.ndarray], path="checkpoint", image_size: Opt
     if root is None:
         raise UserError(f"{path}: {ROOT_KEY} has shape {tuple(flat[root_key].shape)}, expected (7, 7, C, 64*width) "
                         f"(or (3, 3, C, 64*width) for vitkit's small-image root)")
-    units: dict[int, set] = {}
-    for name in flat:
-        m = re.match(r"block(\d+)/unit(\d+)/", name)
-        if m:
-            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    stages = sorted(units)
-    if not stages or stages != list(range(1, len(stages) + 1)) or \
-            any(sorted(u) != list(range(1, len(u) + 1)) for u in units.values()):
-        raise UserError(f"{path}: BiT stages/units { {s: sorted(u) for s, u in units.items()} } are not numbered "
-                        f"block1.. / unit01..")
+    layers = tuple(stage_units(flat, f"{path}: BiT stages/units"))
+    if not layers:
+        raise UserError(f"{path}: BiT stages/units {{}} are not numbered block1.. / unit1.. (no residual units)")
     head = flat.get("head/conv2d/kernel")
     if head is None and num_classes is None:
         raise UserError(f"{path}: no classification head (resnet/head/conv2d/kernel); pass --num-classes to add a "
                         f"new one")
     if head is not None and head.ndim != 4:
         raise UserError(f"{path}: resnet/head/conv2d/kernel has shape {tuple(head.shape)}, expected (1, 1, F, K)")
-    layers = tuple(len(units[s]) for s in stages)
     w = width / 64
     w = int(w) if float(w).is_integer() else w
     depth = 3 * sum(layers) + 2

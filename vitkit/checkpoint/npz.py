@@ -272,25 +272,32 @@ def _name(D, depth, heads, mlp, P, resnet) -> str:
     return f"R{'x'.join(map(str, resnet['layers'])) or '-root'}+ViT-{size}/{P}"
 
 
+def stage_units(names, what: str) -> list[int]:
+    """Units per stage of a ResNet stored as block<s>/unit<u>/... tensor names (official ViT hybrids and BiT), stages
+    and units numbered from 1 without gaps; otherwise a UserError starting with `what` shows the numbering found."""
+    units: dict[int, set] = {}
+    for k in names:
+        m = re.match(r"block(\d+)/unit(\d+)/", k)
+        if m:
+            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    stages = sorted(units)
+    if stages != list(range(1, len(stages) + 1)) or any(sorted(u) != list(range(1, len(u) + 1))
+                                                       for u in units.values()):
+        raise UserError(f"{what} { {s: sorted(u) for s, u in units.items()} } are not numbered block1.. / unit1..")
+    return [len(units[s]) for s in stages]
+
+
 def _infer_resnet(flat, path) -> dict:
     w = flat["conv_root/kernel"].shape
     if len(w) != 4 or w[0] != 7 or w[1] != 7:
         raise UserError(f"{path}: unknown hybrid ResNet layout: conv_root/kernel has shape {tuple(w)}, expected "
                         f"(7, 7, C, 64*width)")
-    units: dict[int, set] = {}
     for k in flat:
-        m = re.match(r"block(\d+)/unit(\d+)/", k)
-        if m:
-            units.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-        elif re.match(r"block|unit|conv\d|gn\d", k):
+        if not re.match(r"block(\d+)/unit(\d+)/", k) and re.match(r"block|unit|conv\d|gn\d", k):
             raise UserError(f"{path}: unknown hybrid ResNet layout: tensor {k} is not under block<s>/unit<u>/")
-    stages = sorted(units)
-    if stages != list(range(1, len(stages) + 1)) or any(sorted(u) != list(range(1, len(u) + 1))
-                                                       for u in units.values()):
-        raise UserError(f"{path}: unknown hybrid ResNet layout: stages/units "
-                        f"{ {s: sorted(u) for s, u in units.items()} } are not numbered block1.. / unit1..")
+    layers = stage_units(flat, f"{path}: unknown hybrid ResNet layout: stages/units")
     width = w[3] / 64
-    resnet = {"layers": [len(units[s]) for s in stages], "width": int(width) if width.is_integer() else width}
+    resnet = {"layers": layers, "width": int(width) if width.is_integer() else width}
     check_layout(resnet)
     return resnet
 
