@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.train.plan import MIN_STEPS, SCRATCH_MODEL, DataFacts, facts_of_folder, plan
+from vitkit.train.plan import MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL, DataFacts, facts_of_folder, plan
 
 
 def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
@@ -21,13 +21,13 @@ def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
 
 def test_facts_from_headers(tmp_path):
     f = facts_of_folder(_folder(tmp_path / "p", "RGB", 300))
-    assert f == DataFacts(n_train=12, num_classes=2, grey=False, median_side=300, folder=True)
+    assert f == DataFacts(n_train=12, num_classes=2, grey=False, median_side=300)
     chars = facts_of_folder(_folder(tmp_path / "c", "L", 28))
     assert chars.grey and chars.median_side == 28 and chars.n_train == 12
 
 
 def test_photos_from_scratch():
-    facts = DataFacts(n_train=240, num_classes=10, grey=False, median_side=375, folder=True)
+    facts = DataFacts(n_train=240, num_classes=10, grey=False, median_side=375)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
     assert changes == {"image_size": 64, "model": SCRATCH_MODEL, "batch_size": 16, "steps": MIN_STEPS,
                        "eval_every": MIN_STEPS // 4, "crop": "pad"}
@@ -36,26 +36,40 @@ def test_photos_from_scratch():
 
 
 def test_characters_small_images_no_flips():
-    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28, folder=True)
+    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28)
     changes, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
     assert changes["image_size"] == 32 and changes["flip"] is False and changes["steps"] == MIN_STEPS
     assert changes["batch_size"] == 64  # 1000 // 8 = 125 -> the power of two below
 
 
-def test_given_flags_win_and_named_datasets_keep_their_recipe():
-    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28, folder=True)
+def test_given_flags_win():
+    facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28)
     given = {"image_size", "model", "batch_size", "epochs", "flip", "crop"}  # eval_every follows the steps
     assert plan(given, recipe_batch=128, recipe_epochs=5, facts=facts) == ({}, [])
-    named = DataFacts(n_train=30000, num_classes=10, grey=True, median_side=None, folder=False)
-    assert plan(set(), recipe_batch=128, recipe_epochs=5, facts=named) == ({}, [])
 
 
 def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
-    facts = DataFacts(n_train=5000, num_classes=10, grey=False, median_side=32, folder=True)
+    facts = DataFacts(n_train=5000, num_classes=10, grey=False, median_side=32)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True)
     assert "image_size" not in changes and "model" not in changes and "batch_size" not in changes
     assert "the checkpoint's resolution" in why
-    assert changes["steps"] == MIN_STEPS  # 10 epochs of 5000 images at batch 128 are 390 steps
-    big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32, folder=True)
+    assert changes["steps"] == MIN_STEPS_FINETUNE < MIN_STEPS  # 10 epochs of 5000 images at batch 128: 390 steps
+    big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32)
     changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, fine_tuning=True)
     assert "steps" not in changes  # 1560 steps: the recipe's epochs are enough
+
+
+def test_only_image_folders_are_planned_and_a_resumed_run_keeps_its_settings(tmp_path):
+    from vitkit.train.loop import TrainSettings
+    from vitkit.train.plan import apply
+    from vitkit.train.recipes import get_recipe
+
+    recipe = get_recipe("default")
+    lines = []
+    named = TrainSettings(**vars(recipe)).replace(dataset="fashion-mnist")
+    assert apply(named, set(), recipe, say=lines.append) == named and lines == []
+    folder = TrainSettings(**vars(recipe)).replace(dataset=f"imagefolder:{_folder(tmp_path / 'p', 'RGB', 300)}")
+    planned = apply(folder, set(), recipe, say=lines.append)
+    assert planned.image_size == 64 and planned.model == SCRATCH_MODEL and planned.steps == MIN_STEPS
+    assert len(lines) == 1 and "any flag given wins" in lines[0]
+    assert apply(folder.replace(resume=True), set(), recipe, say=lines.append) == folder.replace(resume=True)

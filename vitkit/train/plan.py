@@ -9,8 +9,9 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   `--image-size` picks another, interpolated as in section 3.2);
 * model, from scratch: the paper's hybrid with vitkit's small root block (`R+ViT-Mini/8`): its convolutional
   stem is the inductive bias that small data needs (section 4.3);
-* length: enough optimizer steps whatever the dataset size (`MIN_STEPS`), as a number of steps rather than
-  epochs, and a batch no larger than an eighth of the training set so that an epoch is several steps;
+* length: enough optimizer steps whatever the dataset size (`MIN_STEPS` from scratch, `MIN_STEPS_FINETUNE`
+  fine-tuning), as a number of steps rather than epochs, and a batch no larger than an eighth of the training set
+  so that an epoch is several steps;
 * augmentation: horizontal flips only for colour photos (a mirrored character is another character, or none),
   pad-and-crop shifts for everything.
 
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-MIN_STEPS = 600  # optimizer steps for a small dataset, from scratch or fine-tuning
-EVALS = 4  # evaluations in a run of MIN_STEPS (the last one at the end)
+MIN_STEPS = 1200  # optimizer steps for a small dataset, from scratch
+MIN_STEPS_FINETUNE = 600  # and fine-tuning a pre-trained model, which starts from features that already work
+EVALS = 4  # evaluations in a run of the minimum length (the last one at the end)
 MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
@@ -40,8 +42,7 @@ class DataFacts:
     n_train: int
     num_classes: int
     grey: bool  # every sampled image is greyscale (or the dataset has one channel)
-    median_side: Optional[int]  # None: unknown (array datasets come at their native size)
-    folder: bool  # a user's image folder (plans apply there; named datasets keep their recipes)
+    median_side: Optional[int]  # None: unknown
 
 
 def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
@@ -66,14 +67,13 @@ def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
         except (OSError, ValueError):
             continue
     sides.sort()
-    return DataFacts(len(paths), len(classes), grey and bool(sides), sides[len(sides) // 2] if sides else None,
-                     folder=True)
+    return DataFacts(len(paths), len(classes), grey and bool(sides), sides[len(sides) // 2] if sides else None)
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
     user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults."""
-    if not facts.folder or facts.n_train == 0:
+    if facts.n_train == 0:
         return {}, []
     changes, why = {}, []
     if "image_size" not in given:
@@ -93,12 +93,13 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
             changes["batch_size"] = batch
             why.append(f"batch {batch} (an eighth of the {facts.n_train} images or less)")
     if not given & {"steps", "epochs"}:
-        if math.ceil(recipe_epochs * (facts.n_train // batch)) < MIN_STEPS:
-            changes["steps"] = MIN_STEPS
-            why.append(f"{MIN_STEPS} steps ({MIN_STEPS * batch / facts.n_train:.0f} epochs)")
+        least = MIN_STEPS_FINETUNE if fine_tuning else MIN_STEPS
+        if math.ceil(recipe_epochs * (facts.n_train // batch)) < least:
+            changes["steps"] = least
+            why.append(f"{least} steps ({least * batch / facts.n_train:.0f} epochs)")
             if "eval_every" not in given:  # every epoch would be dozens of passes over the test split
-                changes["eval_every"] = MIN_STEPS // EVALS
-                why.append(f"evaluated every {MIN_STEPS // EVALS} steps")
+                changes["eval_every"] = least // EVALS
+                why.append(f"evaluated every {least // EVALS} steps")
     if facts.grey and "flip" not in given:
         changes["flip"] = False
         why.append("no flips (greyscale images: characters?)")

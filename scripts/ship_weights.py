@@ -1,0 +1,115 @@
+"""Ship a finished pre-training run inside the package: vitkit/weights/NAME/ (model.safetensors, config.json,
+MODEL_CARD.md), found by `vitkit models --pretrained` and loadable as `vitkit.load("NAME")`.
+
+    python scripts/ship_weights.py runs/tiny-imagenet-vit-mini8-64 ViT-Mini_8-tiny-imagenet \
+        --command "benchmarks/pretrain_tiny_imagenet.sh"
+
+Only the weights travel (no optimizer state): they are read with vitkit's own loader, which refuses non-finite
+values, and written as an ordinary native checkpoint whose config.json also carries "dataset" and "top1" (the run's
+last evaluation, read from its metrics.jsonl). The model card is written from the run's own record: the settings
+saved in its checkpoint, the evaluation curve, and the summed step times. An existing NAME is replaced only with
+--overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitkit.checkpoint.io import load, load_train_state, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "vitkit" / "weights"
+LIMIT_MB = 25  # all shipped weights together
+
+
+def read_metrics(path: Path) -> tuple[list, list]:
+    steps, evals = [], []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        (evals if "top1" in r else steps).append(r)
+    return steps, evals
+
+
+def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str) -> str:
+    last = evals[-1]
+    cfg = loaded.config
+    batch = settings.get("batch_size")
+    seconds = sum(batch / r["img_per_s"] for r in steps if r.get("img_per_s")) if batch else None
+    curve = ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
+    skip = {"out", "resume", "progress", "dataset", "data_dir", "name",
+            "momentum" if settings.get("optimizer") == "adamw" else "betas"}
+    flags = {k: v for k, v in settings.items() if v not in (None, False) and k not in skip}
+    return f"""# {name}
+
+A {cfg.name} (ViT: {cfg.depth} blocks, width {cfg.hidden_size}, {cfg.num_heads} heads, {cfg.patch_size}x{cfg.patch_size} \
+patches, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at {cfg.image_size} px: \
+vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on small image sets (docs/transfer.md).
+
+    import vitkit
+    m = vitkit.load("{name}")
+    vitkit train --init {name} --dataset imagefolder:PATH      # fine-tune (recipe finetune)
+    vitkit fewshot {name} --dataset imagefolder:PATH --shots 5,10
+
+## Result
+- **{dataset} validation top-1 {100 * last['top1']:.2f} %** (top-5 {100 * last['top5']:.2f} %) on the 10,000 official
+  validation images, after {last['step']:,} optimizer steps ({last['epoch']:g} epochs), evaluated once at the end of
+  each epoch; the last one is shipped (no early stopping on the validation split).
+- Top-1 by epoch: {curve}.
+- Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not
+  counted) on 2 CPU cores (AMD EPYC, torch 2.13, bf16 autocast), split over several sessions and shared with other
+  work, so the time is an upper bound for an idle machine.
+
+## Data
+Tiny ImageNet (cs231n, Stanford): 200 ImageNet classes at 64x64. The copy used had 250 of the 500 training images
+of every class (50,000 images) and the full 10,000-image validation split; `vitkit train --dataset tiny-imagenet`
+reads the official folder or zip. **Licence:** the images come from ImageNet and may be used for non-commercial
+research and education only (ImageNet terms of access); these weights are derived from them and carry the same
+restriction.
+
+## Recipe
+recipe {settings.get('name')}, then {', '.join(f'{k}={v}' for k, v in flags.items())}
+
+(see `vitkit train --help`; the pad-crop is a shift of up to 1/8 of the image, RandAugment is N ops at magnitude M.)
+
+## Reproduce
+    {command}
+    python scripts/ship_weights.py {run} {name} --overwrite
+
+The run is seeded (seed {settings.get('seed')}: initialisation, data order, augmentation) and resumable exactly: an
+interrupted run continued with `--resume` gives the same weights as an uninterrupted one (tests/test_resume.py).
+A second run on another machine or torch build gives the same top-1 within run-to-run noise, not the same bits.
+"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a finished `vitkit train` run directory (checkpoint/ and metrics.jsonl)")
+    p.add_argument("name", help="folder name under vitkit/weights/ (the name users load)")
+    p.add_argument("--dataset", default="tiny-imagenet")
+    p.add_argument("--command", default="benchmarks/pretrain_tiny_imagenet.sh", help="what reproduces the run")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args()
+    dest = WEIGHTS / a.name
+    if dest.exists() and not a.overwrite:
+        print(f"ship_weights: error: {dest} exists; --overwrite replaces it", file=sys.stderr)
+        return 2
+    ckpt = a.run / "checkpoint"
+    steps, evals = read_metrics(a.run / "metrics.jsonl")
+    if not evals:
+        print(f"ship_weights: error: {a.run}/metrics.jsonl has no evaluation", file=sys.stderr)
+        return 2
+    loaded = load(ckpt)  # refuses non-finite weights
+    settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
+    top1 = round(float(evals[-1]["top1"]), 4)
+    save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
+    (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset))
+    total = sum(f.stat().st_size for f in WEIGHTS.rglob("*.safetensors")) / 2 ** 20
+    print(f"shipped {dest}: top-1 {100 * top1:.2f} %; all shipped weights {total:.1f} MB (limit {LIMIT_MB} MB)")
+    return 0 if total <= LIMIT_MB else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
