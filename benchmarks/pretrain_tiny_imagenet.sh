@@ -5,7 +5,8 @@
 #
 # Seeded and resumable: run it again after an interruption and it continues exactly where the last checkpoint was
 # (every 200 steps). DATA defaults to ../shared/data (the folder holding tiny-imagenet-200/ or the official zip).
-# What it reached and what it cost: docs/pretrained.md.
+# What it reached and what it cost: vitkit/weights/ViT-Mini_8-tiny-imagenet/MODEL_CARD.md (scripts/ship_weights.py
+# writes it from the finished run).
 set -euo pipefail
 OUT=${1:-runs/tiny-imagenet-vit-mini8-64}
 shift || true
