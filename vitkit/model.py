@@ -281,11 +281,17 @@ class ViT(nn.Module):
         cfg, t, d = self.cfg, self.cfg.num_tokens, self.cfg.hidden_size
         per_block = 2 * t * (4 * d * d + 2 * d * cfg.mlp_dim) + 2 * 2 * t * t * d  # projections + q@k, a@v
         embed_in = self.patch_embed.proj.in_channels * cfg.patch_size**2
-        total = cfg.depth * per_block + 2 * cfg.num_patches * embed_in * d
-        total += 2 * (cfg.representation_size or 0) * d + 2 * (cfg.representation_size or d) * cfg.num_classes
+        total = cfg.depth * per_block + 2 * cfg.num_patches * embed_in * d + self.classifier_flops()
         if self.stem is not None:
             total += self.stem.flops(cfg.image_size)
         return int(total)
+
+    def classifier_flops(self) -> int:
+        """The part of flops_per_image spent in the pre-logits layer and the head (not run by masked patch
+        prediction, which reads the patch tokens; see vitkit/mpp.py)."""
+        cfg = self.cfg
+        return int(2 * (cfg.representation_size or 0) * cfg.hidden_size
+                   + 2 * (cfg.representation_size or cfg.hidden_size) * cfg.num_classes)
 
 
 def create_model(name: str = "ViT-B/16", num_classes: Optional[int] = None, image_size: Optional[int] = None,

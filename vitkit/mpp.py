@@ -179,6 +179,16 @@ class MPPModel(nn.Module):
     def num_classes(self) -> int:
         return self.head.proj.out_features
 
+    def flops_per_image(self) -> int:
+        """Forward FLOPs of one image in MPP training, in ViT.flops_per_image's convention (2 x the multiply-adds
+        of the matmuls and convolutions): the ViT's stem, patch embedding and blocks, without its classifier
+        (pre-logits and head, which MPP does not run), plus this colour head on the round(ratio x L) corrupted
+        tokens of the image. The corruption, the colour targets and the final norm have no matmuls."""
+        vit, cfg = self.vit, self.vit.cfg
+        corrupted = math.floor(self.ratio * cfg.num_patches + 0.5)  # as corrupt() picks them
+        return int(vit.flops_per_image() - vit.classifier_flops()
+                   + 2 * corrupted * cfg.hidden_size * self.num_classes)
+
     def mpp_state_dict(self) -> dict:
         """What MPP adds to the ViT ([mask] embedding, head): saved beside the ViT's checkpoint for resuming."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("vit.")}

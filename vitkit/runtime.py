@@ -155,7 +155,7 @@ def load_split(spec: str, split: str, preprocess: Optional[Preprocess] = None, d
     """A dataset split (vitkit.data.datasets) as (images uint8 (N, C, H, W) tensor, labels (N,) int64 numpy,
     class_names); image folders decode at `preprocess`'s size and channels exactly as predict does. With `limit`,
     a fixed random subset (seed `seed`) of that many images, in index order; only those are decoded."""
-    from .data.datasets import iterate_batches, load_dataset
+    from .data.datasets import iterate_batches, load_dataset, random_indices
 
     kw = {}
     if preprocess is not None:
@@ -164,9 +164,7 @@ def load_split(spec: str, split: str, preprocess: Optional[Preprocess] = None, d
     labels = np.asarray(ds.labels).astype(np.int64)
     if len(labels) == 0:
         raise UserError(f"dataset {spec!r} split {split!r} is empty")
-    idx = np.arange(len(labels))
-    if limit is not None and limit < len(labels):
-        idx = np.sort(np.random.default_rng(seed).choice(len(labels), size=int(limit), replace=False))
+    idx = random_indices(len(labels), limit, seed)
     if hasattr(ds, "images"):
         images = ds.images[torch.from_numpy(idx)]
     else:

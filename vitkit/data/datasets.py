@@ -197,13 +197,28 @@ class Subset:
         yield from iterate_batches(self.base, self.indices[torch.as_tensor(indices)], batch_size, num_workers)
 
 
-def subset_per_class(ds, fraction: float):
-    """`ds` cut to first_per_class(fraction); an in-memory dataset stays one (ArrayDataset, a copy)."""
-    idx = first_per_class(np.asarray(ds.labels), fraction)
+def random_indices(n_total: int, n: Optional[int], seed: int = 0) -> np.ndarray:
+    """The `--sample N` rule: a fixed random subset of n of range(n_total) (seed `seed`), in index order; all of
+    it when n is None or >= n_total. Unlike the first N (`--limit`), it draws from every class of a class-sorted
+    image folder."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=int(n), replace=False))
+
+
+def take(ds, indices):
+    """The examples `indices` of `ds`: an in-memory dataset stays one (ArrayDataset, a copy), anything else
+    becomes a Subset (nothing decoded)."""
+    idx = np.asarray(indices, dtype=np.int64)
     if isinstance(ds, ArrayDataset):
         t = torch.from_numpy(idx)
         return ArrayDataset(ds.images[t], ds.labels[t], ds.class_names, ds.name, flip_ok=ds.flip_ok)
     return Subset(ds, idx)
+
+
+def subset_per_class(ds, fraction: float):
+    """`ds` cut to first_per_class(fraction); an in-memory dataset stays one (ArrayDataset, a copy)."""
+    return take(ds, first_per_class(np.asarray(ds.labels), fraction))
 
 
 def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Optional[int] = None,

@@ -1,13 +1,19 @@
-"""`vitkit study {data-scale,compute,mpp} [--quick] --out DIR`: the paper's section 4.3 experiments at laptop scale.
+"""`vitkit study {data-scale,compute,mpp} [--quick] --out DIR`: the paper's section 4.3 and 4.6 experiments at
+laptop scale.
 
     vitkit study data-scale --quick --out runs/study-quick --data-dir ../shared/data      # smoke run, minutes
     vitkit study data-scale --out runs/data-scale --cells runs/cells --data-dir DATA       # Fig. 3/4
     vitkit study compute --out runs/compute --cells runs/cells --data-dir DATA             # Fig. 5
+    vitkit study mpp --out runs/mpp --cells runs/cells --data-dir DATA                     # section 4.6
 
 Writes DIR/results.json (one row per cell: model, family, pretrain_images, pretrain_flops, top1, fewshot per shot
-count, ...) and the figure DIR/<study>.png. Resumable: a second call skips finished cells and continues an
-interrupted one. The grids, and why every subset gets the same number of steps, are in vitkit/study/grids.py;
-the FLOPs convention in vitkit/study/run.py; the full commands and the claims they test in docs/reproduction.md.
+count, ...) and the figure DIR/<study>.png. The mpp study's cells are one model pre-trained by masked patch
+prediction, by classification (the data-scale study's ViT cell: shared when --cells is) and not at all (scratch);
+its rows add `arm` and `finetune_top1` (fine-tuning on the first transfer set), and have top1 null for the arms
+without a classifier (mpp_top1 is the masked patch prediction's held-out colour accuracy). Resumable: a second
+call skips finished cells and fine-tunings and continues an interrupted one. The grids, and why every subset gets
+the same number of steps (and which fine-tuning recipe each arm gets), are in vitkit/study/grids.py; the FLOPs
+convention in vitkit/study/run.py; the full commands and the claims they test in docs/reproduction.md.
 """
 
 from __future__ import annotations
@@ -45,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_flags(p, StudySettings, absent=None)
     p.set_defaults(quick=False, dataset="tiny-imagenet", seed=0, device="auto")
     p.add_argument("--transfer", action="append", metavar="SPEC", default=None,
-                   help="few-shot transfer set (repeatable): imagefolder:PATH with train/ and test/, or a dataset "
-                        f"name (default: imagefolder:DATA_DIR/{DEFAULT_TRANSFER})")
+                   help="few-shot transfer set (repeatable; the mpp study also fine-tunes on the first): "
+                        "imagefolder:PATH with train/ and test/, or a dataset name (default: "
+                        f"imagefolder:DATA_DIR/{DEFAULT_TRANSFER})")
 
 
 def transfer_specs(args) -> list[str]:
@@ -65,16 +72,13 @@ def transfer_specs(args) -> list[str]:
 def run(args) -> int:
     from ..flags import check, check_writable
     from .grids import get_grid
-    from .plots import compute_figure, data_scale_figure, save
+    from .plots import compute_figure, data_scale_figure, mpp_figure, save
     from .run import RESULTS, StudyRun, Transfer, check_transfer, run_study
 
     s = StudySettings(**{k: getattr(args, k) for k in StudySettings.__dataclass_fields__})
     check(s)
     if s.out is None:
         raise UserError("--out DIR is required (results.json and the figure are written there)")
-    if args.study == "mpp":
-        raise UserError("the mpp study (masked patch prediction vs scratch vs supervised) is not implemented yet; "
-                        "pre-train with `vitkit train --recipe mpp` and compare with `vitkit fewshot` meanwhile")
     out = Path(s.out).expanduser()
     check_writable(out, "--out", directory=True)
     cells = Path(s.cells).expanduser() if s.cells else out / "cells"
@@ -83,14 +87,27 @@ def run(args) -> int:
     for spec in specs:  # before any training
         check_transfer(spec, s.data_dir)
     grid = get_grid(args.study, s.quick)
-    figure = data_scale_figure if args.study == "data-scale" else compute_figure
+    figure = {"data-scale": data_scale_figure, "compute": compute_figure, "mpp": mpp_figure}[args.study]
     png = out / f"{args.study}.png"
     sr = StudyRun(grid, out, cells, dataset=s.dataset, data_dir=s.data_dir,
                   transfers=[Transfer(t, s.data_dir) for t in specs], seed=s.seed, device=s.device)
     rows = run_study(sr, on_row=lambda rows: save(figure(rows), png))
     print(f"{args.study}: {len(rows)} cells; wrote {out / RESULTS} and {png}")
     for r in rows:
-        shots = "  ".join(f"{k}-shot {100 * v:.1f}%" for k, v in r["fewshot"].items())
-        print(f"  {r['model']:<16} {r['pretrain_images']:>7} images  {r['pretrain_flops']:.3g} FLOPs  "
-              f"top-1 {100 * r['top1']:.1f}%  {shots}")
+        print("  " + summary(r))
     return 0
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def summary(row: dict) -> str:
+    """One printed line per row; an accuracy not measured (None) is '-'."""
+    shots = "  ".join(f"{k}-shot {_pct(v)}" for k, v in row["fewshot"].items())
+    arm = f"{row['arm']:<10} " if "finetune_top1" in row else ""
+    line = (f"{arm}{row['model']:<16} {row['pretrain_images']:>7} images  {row['pretrain_flops']:.3g} FLOPs  "
+            f"top-1 {_pct(row.get('top1'))}  {shots}")
+    if "finetune_top1" in row:
+        line += f"  fine-tuned {_pct(row['finetune_top1'])}"
+    return line

@@ -7,9 +7,16 @@ done. A second call skips finished cells, continues an interrupted cell from its
 grid, in grid order) and the figures are rewritten after every cell.
 
 FLOPs convention: pretrain_flops = 3 x flops_per_image x images seen (steps x batch size). flops_per_image is the
-model's forward pass, 2 x the multiply-adds of its matmuls and convolutions (model.flops_per_image(); norms,
-softmax and activations not counted); the backward pass is counted as twice the forward. Evaluation and few-shot
-feature extraction are not pre-training and are not counted.
+pre-training forward pass of one image, 2 x the multiply-adds of its matmuls and convolutions (norms, softmax and
+activations not counted): model.flops_per_image() for classification; for masked patch prediction
+MPPModel.flops_per_image(), the ViT without its classifier plus the colour head on the corrupted half of the
+patch tokens. The backward pass is counted as twice the forward. A scratch cell is not pre-trained: 0. Evaluation,
+few-shot feature extraction and fine-tuning are not pre-training and are not counted.
+
+Fine-tuning (grids with finetune_steps, the mpp study): after its row, each cell's checkpoint (a scratch cell's
+random initialisation, CELLS/<key>/init) is fine-tuned on the first transfer set in its own run directory
+CELLS/<key>/<finetune key>, resumable the same way, which holds finetune.json once done. The study's row is the
+cell's row plus the arm and those fields, so a supervised cell shared with another study keeps its row.json.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from ..errors import UserError
 from .grids import Cell, Grid
 
 ROW = "row.json"
+FINETUNE_ROW = "finetune.json"
 RESULTS = "results.json"
+INIT = "init"  # a scratch cell's checkpoint: the random initialisation it is evaluated and fine-tuned from
 
 
 def pretrain_flops(flops_per_image: int, steps: int, batch_size: int) -> int:
@@ -42,13 +51,14 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_row(path: Path) -> Optional[dict]:
-    """A finished cell's row, or None (no row, or one cut short: then the cell is evaluated again)."""
+def read_row(path: Path, key: str = "pretrain_flops") -> Optional[dict]:
+    """A finished cell's row (or fine-tuning's, with its `key`), or None (none, or one cut short: then it is
+    evaluated again)."""
     try:
         row = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return row if isinstance(row, dict) and "pretrain_flops" in row else None
+    return row if isinstance(row, dict) and key in row else None
 
 
 @dataclass
@@ -118,51 +128,134 @@ class StudyRun:
         return self.cells_dir / self.grid.cell_key(cell, self.dataset, self.seed)
 
     def settings(self, cell: Cell, resume: bool, overwrite: bool):
+        """The pre-training run of `cell` (a scratch cell: the settings its random initialisation is made with)."""
         from ..train.loop import TrainSettings
         from ..train.recipes import get_recipe
 
         g = self.grid
-        fields = g.train_fields(cell)
-        return TrainSettings(**vars(get_recipe(g.recipe))).replace(
-            **fields, dataset=self.dataset, data_dir=self.data_dir, seed=self.seed, device=self.device,
-            out=str(self.cell_dir(cell)), resume=resume, overwrite=overwrite, eval_every=cell.steps,
-            save_every=min(g.save_every, cell.steps), progress=False)
+        s = TrainSettings(**vars(get_recipe(g.recipe_of(cell)))).replace(
+            **g.train_fields(cell), dataset=self.dataset, data_dir=self.data_dir, seed=self.seed, device=self.device,
+            out=str(self.cell_dir(cell)), resume=resume, overwrite=overwrite, progress=False)
+        if cell.arm == "scratch":
+            return s
+        return s.replace(eval_every=cell.steps, save_every=min(g.save_every, cell.steps))
+
+    def checkpoint(self, cell: Cell) -> Path:
+        """What the cell is evaluated and fine-tuned from: its run's final checkpoint, or a scratch cell's
+        initialisation."""
+        from ..train.loop import CHECKPOINT
+
+        return self.cell_dir(cell) / (INIT if cell.arm == "scratch" else CHECKPOINT)
+
+    def finetune_dir(self, cell: Cell) -> Path:
+        return self.cell_dir(cell) / self.grid.finetune_key(cell, self.finetune_transfer().name, self.seed)
+
+    def finetune_transfer(self) -> Transfer:
+        if not self.transfers:
+            raise UserError("fine-tuning needs a transfer set (--transfer SPEC)")
+        return self.transfers[0]
+
+    def finetune_settings(self, cell: Cell, resume: bool, overwrite: bool):
+        """Fine-tuning `cell`'s checkpoint on the first transfer set: its transfer_train images (the few-shot
+        pool), evaluated on its transfer_test images (the few-shot test images); grids.py says why which recipe."""
+        from ..train.loop import TrainSettings
+        from ..train.recipes import get_recipe
+
+        g, t, steps = self.grid, self.finetune_transfer(), self.grid.finetune_steps
+        return TrainSettings(**vars(get_recipe(g.finetune_recipe_of(cell)))).replace(
+            **g.finetune_fields(), model=cell.model, init=str(self.checkpoint(cell)), dataset=t.spec,
+            data_dir=t.data_dir, seed=self.seed, device=self.device, out=str(self.finetune_dir(cell)),
+            resume=resume, overwrite=overwrite, eval_every=steps, save_every=min(g.save_every, steps),
+            progress=False)
+
+
+def _continues(d: Path) -> bool:
+    """Whether the run in `d` has a checkpoint to continue from (else it starts again: a run killed before its
+    first checkpoint has nothing to keep)."""
+    from ..checkpoint.io import TRAIN_STATE, _existing
+    from ..train.loop import CHECKPOINT
+
+    return (_existing(d / CHECKPOINT) / TRAIN_STATE).exists()
+
+
+def pretraining_flops_per_image(model, cell: Cell) -> int:
+    """The forward FLOPs of one pre-training image of `cell` (the FLOPs convention above)."""
+    if cell.arm == "mpp":
+        from ..mpp import MPPModel
+
+        return int(MPPModel(model).flops_per_image())
+    return int(model.flops_per_image())
 
 
 def run_cell(sr: StudyRun, cell: Cell) -> dict:
-    """Pre-train (or continue) one cell, evaluate it and write its row; returns the row."""
-    from ..checkpoint.io import TRAIN_STATE, _existing, load
-    from ..train.loop import CHECKPOINT, train
+    """Pre-train (or continue) one cell, evaluate it and write its row; returns the row. A scratch cell saves its
+    random initialisation instead (the weights the supervised run of the same model starts from)."""
+    from ..checkpoint.io import load, save_checkpoint
+    from ..train.loop import initial_model, train
 
-    d = sr.cell_dir(cell)
-    resume = (_existing(d / CHECKPOINT) / TRAIN_STATE).exists()
-    # nothing to keep in a cell killed before its first checkpoint: it starts again
-    s = sr.settings(cell, resume=resume, overwrite=not resume)
-    sr.say(f"vitkit study: {'continuing' if resume else 'training'} {cell.model} on {cell.fraction:.0%} of "
-           f"{sr.dataset}, {cell.steps} steps -> {d}")
+    d, g = sr.cell_dir(cell), sr.grid
     t0 = time.perf_counter()
-    r = train(s)
-    loaded = load(r["checkpoint"])
-    fpi = int(loaded.model.flops_per_image())
-    mean, per = fewshot(loaded, sr.transfers, sr.grid)
-    row = {"study": sr.grid.name, "model": cell.model, "family": cell.family, "fraction": cell.fraction,
-           "pretrain_images": r["n_train"], "steps": cell.steps, "batch_size": s.batch_size,
-           "images_seen": cell.steps * s.batch_size, "image_size": loaded.config.image_size,
+    if cell.arm == "scratch":
+        sr.say(f"vitkit study: {cell.model} from scratch (no pre-training): its initialisation -> {d / INIT}")
+        d.mkdir(parents=True, exist_ok=True)
+        model, preprocess, class_names = initial_model(sr.settings(cell, resume=False, overwrite=False))
+        save_checkpoint(d / INIT, model, preprocess, class_names)
+        r = None
+    else:
+        resume = _continues(d)
+        what = "masked patch prediction" if cell.arm == "mpp" else "classification"
+        sr.say(f"vitkit study: {'continuing' if resume else 'training'} {cell.model} ({what}) on "
+               f"{cell.fraction:.0%} of {sr.dataset}, {cell.steps} steps -> {d}")
+        r = train(sr.settings(cell, resume=resume, overwrite=not resume))
+    loaded = load(sr.checkpoint(cell))
+    fpi = pretraining_flops_per_image(loaded.model, cell)
+    mean, per = fewshot(loaded, sr.transfers, g)
+    batch = g.batch_size if r is not None else None
+    row = {"study": g.name, "model": cell.model, "family": cell.family, "arm": cell.arm, "fraction": cell.fraction,
+           "pretrain_images": r["n_train"] if r is not None else 0, "steps": cell.steps, "batch_size": batch,
+           "images_seen": cell.steps * (batch or 0), "image_size": loaded.config.image_size,
            "params": int(loaded.model.num_params()), "flops_per_image": fpi,
-           "pretrain_flops": pretrain_flops(fpi, cell.steps, s.batch_size),
-           "top1": r["top1"], "top1_images": r["n"], "fewshot": mean, "fewshot_per_transfer": per,
-           "fewshot_draws": sr.grid.draws, "transfer_train": sr.grid.transfer_train,
-           "transfer_test": sr.grid.transfer_test, "dataset": sr.dataset, "seed": sr.seed,
-           "cell": d.name, "checkpoint": str(Path(r["checkpoint"]).resolve()),
-           "seconds": round(time.perf_counter() - t0, 1)}
+           "pretrain_flops": pretrain_flops(fpi, cell.steps, batch or 0),
+           # upstream top-1 is a classifier's: the supervised arm's only
+           "top1": r["top1"] if cell.arm == "supervised" else None,
+           "top1_images": r["n"] if cell.arm == "supervised" else None, "fewshot": mean, "fewshot_per_transfer": per,
+           "fewshot_draws": g.draws, "transfer_train": g.transfer_train, "transfer_test": g.transfer_test,
+           "dataset": sr.dataset, "seed": sr.seed, "cell": d.name,
+           "checkpoint": str(sr.checkpoint(cell).resolve()), "seconds": round(time.perf_counter() - t0, 1)}
+    if cell.arm == "mpp":  # the held-out masked patch prediction: colour accuracy of the corrupted patches
+        row.update(mpp_top1=r["top1"], mpp_top5=r["top5"], mpp_loss=r["loss"], mpp_eval_images=r["n"])
     write_json_atomic(d / ROW, row)
     return row
 
 
+def finetune_cell(sr: StudyRun, cell: Cell) -> dict:
+    """Fine-tune the cell's checkpoint on the first transfer set (or continue, or read back a finished one) and
+    write finetune.json; returns its fields: finetune_top1 is the run's final evaluation of its checkpoint."""
+    from ..train.loop import train
+
+    d = sr.finetune_dir(cell)
+    done = read_row(d / FINETUNE_ROW, "finetune_top1")
+    if done is not None:
+        return done
+    g, resume = sr.grid, _continues(d)
+    recipe = g.finetune_recipe_of(cell)
+    sr.say(f"vitkit study: {'continuing' if resume else 'fine-tuning'} {cell.model} ({cell.arm}) on "
+           f"{sr.finetune_transfer().name}, {g.finetune_steps} steps, recipe {recipe} -> {d}")
+    t0 = time.perf_counter()
+    r = train(sr.finetune_settings(cell, resume=resume, overwrite=not resume))
+    ft = {"finetune_top1": r["top1"], "finetune_top5": r["top5"], "finetune_transfer": sr.finetune_transfer().name,
+          "finetune_recipe": recipe, "finetune_steps": g.finetune_steps, "finetune_batch_size": g.finetune_batch_size,
+          "finetune_train_images": r["n_train"], "finetune_test_images": r["n"],
+          "finetune_checkpoint": str(Path(r["checkpoint"]).resolve()),
+          "finetune_seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(d / FINETUNE_ROW, ft)
+    return ft
+
+
 def run_study(sr: StudyRun, on_row: Optional[Callable[[list], None]] = None) -> list:
-    """Every cell of the grid, in order: finished ones read back, the others run. results.json is rewritten (and
-    `on_row(rows)` called, e.g. to redraw the figures) after each cell, so an interrupted study leaves the rows of
-    the cells it finished."""
+    """Every cell of the grid, in order: finished ones read back, the others run; then, if the grid fine-tunes,
+    its fine-tuning likewise. results.json is rewritten (and `on_row(rows)` called, e.g. to redraw the figures)
+    after each cell, so an interrupted study leaves the rows of the cells it finished."""
     sr.out.mkdir(parents=True, exist_ok=True)
     sr.cells_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -172,6 +265,8 @@ def run_study(sr: StudyRun, on_row: Optional[Callable[[list], None]] = None) -> 
             row = run_cell(sr, cell)
         else:
             sr.say(f"vitkit study: cell {i + 1}/{len(sr.grid.cells)} done already ({row['cell']})")
+        if sr.grid.finetune_steps:  # the cell's own row stays as it is (another study may share it)
+            row = {**row, "arm": cell.arm, **finetune_cell(sr, cell)}
         rows.append(row)
         write_json_atomic(sr.out / RESULTS, rows)
         if on_row is not None:

@@ -71,6 +71,12 @@ class TrainSettings(Recipe):
                                            type=Number(float, above=0, max=1), metavar="F", group=LONG)
     limit_test: Optional[int] = flag(None, "evaluate on the first N test examples only", type=Number(int, min=1),
                                      metavar="N", group=LONG)
+    # The first N of an image folder are its first classes; a random sample draws from all of them. Seed 0 for
+    # both: the same images `vitkit fewshot --sample-train/--sample-test N` and the studies' transfer sets take.
+    sample_train: Optional[int] = flag(None, "use only a fixed random subset of N training examples (seed 0; "
+                                       "after --train-fraction)", type=Number(int, min=1), metavar="N", group=LONG)
+    sample_test: Optional[int] = flag(None, "evaluate on a fixed random subset of N test examples (seed 0)",
+                                      type=Number(int, min=1), metavar="N", group=LONG)
     seed: int = flag(0, "seed of the initialisation, the data order and the augmentation", type=Number(int, min=0),
                      group=EXEC)
     workers: int = flag(0, "data-loading processes (image folders)", type=Number(int, min=0), group=EXEC,
@@ -423,23 +429,53 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
     return Run(s, info, out, saved, init_model)
 
 
-def load_data(s: TrainSettings, init_model) -> Data:
-    """The train and test splits; image folders decode straight to the model's size and channels."""
+def _load_split(s: TrainSettings, split: str, init_model):
+    """The whole split; an image folder is indexed to decode straight to the model's size and channels."""
     from ..data.datasets import load_dataset
 
     size = s.image_size or (init_model.config.image_size if init_model is not None else None)
     chans = init_model.config.in_chans if init_model is not None else 3
     if s.dataset.lower().startswith("imagefolder:") and size is None:
         size = default_config(s.model).image_size
-    train_ds = load_dataset(s.dataset, "train", data_dir=s.data_dir, image_size=size, channels=chans)
+    return load_dataset(s.dataset, split, data_dir=s.data_dir, image_size=size, channels=chans)
+
+
+def load_data(s: TrainSettings, init_model) -> Data:
+    """The train and test splits, cut to --train-fraction, --sample-train/--sample-test and --limit-train/test."""
+    train_ds = _load_split(s, "train", init_model)
     if s.train_fraction is not None and s.train_fraction < 1:
         from ..data.datasets import subset_per_class
 
         train_ds = subset_per_class(train_ds, s.train_fraction)
-    test_ds = load_dataset(s.dataset, "test", data_dir=s.data_dir, image_size=size, channels=chans)
+    test_ds = _load_split(s, "test", init_model)
+    if s.sample_train is not None or s.sample_test is not None:
+        from ..data.datasets import random_indices, take
+
+        if s.sample_train is not None:
+            train_ds = take(train_ds, random_indices(len(train_ds.labels), s.sample_train))
+        if s.sample_test is not None:
+            test_ds = take(test_ds, random_indices(len(test_ds.labels), s.sample_test))
     n_train = len(train_ds.labels) if s.limit_train is None else min(s.limit_train, len(train_ds.labels))
     n_test = len(test_ds.labels) if s.limit_test is None else min(s.limit_test, len(test_ds.labels))
     return Data(train_ds, test_ds, list(train_ds.class_names), n_train, n_test)
+
+
+def initial_model(s: TrainSettings):
+    """(model, preprocess, class names): what train(s) starts from, seeded and built in the order train() does it
+    (seeds, --init, data, model), so the same weights as its step 0; nothing is trained or written. A study's
+    from-scratch baseline is this model at this seed."""
+    torch.manual_seed(s.seed)
+    random.seed(s.seed)
+    np.random.seed(s.seed)
+    init_model = None
+    if s.init:
+        from ..checkpoint.io import load
+
+        init_model = load(s.init)
+    train_ds = _load_split(s, "train", init_model)
+    model, preprocess = build_model(s, len(train_ds.class_names), train_ds.channels, native_size(train_ds),
+                                    init_model)
+    return model, preprocess, list(train_ds.class_names)
 
 
 def plan_steps(s: TrainSettings, n_train: int, world: int) -> Plan:
@@ -705,6 +741,10 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
     setup (run directory, saved state, seeds, --init) -> load_data -> plan_steps -> build -> fit -> evaluate.
     `on_step(record)`, if given, is called after every optimizer step with the record written to metrics.jsonl."""
     check(s)
+    for a, b in (("limit_train", "sample_train"), ("limit_test", "sample_test")):
+        if getattr(s, a) is not None and getattr(s, b) is not None:
+            raise UserError(f"{option(a)} (the first N) and {option(b)} (a random N) both choose the examples; "
+                            f"give one")
     get_objective(s.objective).check(s)
     info = D.setup(s.device)
     try:
