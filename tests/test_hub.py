@@ -5,20 +5,19 @@ truncated, 404, slow, stalled, killed mid-download, no server at all) -- never t
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from httpserver import Server, closed_port_url
 
 import vitkit
 from vitkit.checkpoint import hub
@@ -29,56 +28,11 @@ FIX = Path(__file__).parent / "fixtures"
 BODY = (FIX / "vit_token.npz").read_bytes()  # a small official-format checkpoint
 
 
-class Server:
-    """A real HTTP server on 127.0.0.1. routes: path -> (body, mode, pause); mode "ok", "truncate" (announces the
-    whole length, sends half, closes), "slow" (eight pieces, `pause` s apart) or "stall" (one piece, then silence)."""
-
-    def __init__(self):
-        self.routes, self.hits = {}, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                if self.path not in server.routes:
-                    self.send_error(404, "Not Found")
-                    return
-                body, mode, pause = server.routes[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if mode == "ok":
-                    self.wfile.write(body)
-                elif mode == "truncate":
-                    self.wfile.write(body[: len(body) // 2])
-                    self.close_connection = True
-                else:
-                    pieces = np.array_split(np.frombuffer(body, np.uint8), 8)
-                    for p in pieces if mode == "slow" else pieces[:1]:
-                        self.wfile.write(p.tobytes())
-                        self.wfile.flush()
-                        time.sleep(pause)
-                    if mode == "stall":
-                        time.sleep(30)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def serve(self, path, body=BODY, mode="ok", pause=0.05):
-        self.routes[path] = (body, mode, pause)
-        return self.base + path
-
-
 @pytest.fixture
 def server():
-    s = Server()
+    s = Server(BODY)
     yield s
-    s.httpd.shutdown()
+    s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -89,13 +43,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("VITKIT_NO_DOWNLOAD", raising=False)
     monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "no-weights")  # independent of what the package ships
     return tmp_path / "cache"
-
-
-def closed_port_url(path="/x.npz"):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
 
 
 def same_weights(a, b):
