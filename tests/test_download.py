@@ -130,7 +130,8 @@ def test_a_dataset_is_downloaded_once_into_the_cache(server, fake_mnist, isolate
     assert (test.images[:, 0].numpy() == fake_mnist["images"]).all()
     assert test.labels.tolist() == fake_mnist["labels"].tolist()
     assert leftovers(isolated) == sorted(fake_mnist["gz"])
-    assert (isolated / "mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes() == fake_mnist["gz"]["t10k-labels-idx1-ubyte.gz"]
+    labels_gz = "t10k-labels-idx1-ubyte.gz"
+    assert (isolated / "mnist" / labels_gz).read_bytes() == fake_mnist["gz"][labels_gz]
     err = capsys.readouterr().err
     assert "t10k-images-idx3-ubyte.gz" in err and "100%" in err  # the progress bar, as for weights
     load_dataset("mnist", "test", data_dir=tmp_path / "empty", download=True)  # found in the cache
