@@ -1,13 +1,16 @@
 """Datasets on real files: official MNIST (shared/data/mnist), Debian's Fashion-MNIST, hymenoptera photos, plus
-corrupted / fake copies made in tmp_path. Nothing here touches the network (VITKIT_NO_DOWNLOAD=1) or the
-user's ~/.cache (XDG_CACHE_HOME points into tmp_path)."""
+corrupted / fake copies made in tmp_path. Nothing here touches the internet (VITKIT_NO_DOWNLOAD=1; the downloads
+tested come from file:// URLs or a server on 127.0.0.1) or the user's ~/.cache (XDG_CACHE_HOME points into
+tmp_path)."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import hashlib
+import io
 import pickle
+import re
 import shutil
 import tarfile
 import warnings
@@ -17,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from httpserver import Server, closed_port_url
 
 from vitkit.data import datasets as ds
 from vitkit.data.datasets import (ArrayDataset, ImageFolderDataset, iterate_batches, load_dataset, resize_batch,
@@ -270,6 +275,32 @@ def test_cifar_folder_and_tarball(tmp_path, monkeypatch):
     monkeypatch.setitem(ds._CIFAR, "cifar10", _patched_cifar10(md5s, "0" * 32))
     with pytest.raises(UserError, match=r"cifar-10-python.tar.gz: checksum mismatch: expected md5 0{32}, got"):
         load_dataset("cifar10", data_dir=tmp_path / "tar")
+
+
+def test_cifar_tarball_is_downloaded_once_through_the_shared_downloader(tmp_path, monkeypatch):
+    md5s = _fake_cifar10(tmp_path / "folder")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(tmp_path / "folder" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    info = dict(_patched_cifar10(md5s, md5(buf.getvalue())), url=closed_port_url("/kriz/"))
+    monkeypatch.setitem(ds._CIFAR, "cifar10", info)
+    with pytest.raises(UserError) as e:  # unreachable: the usual message, with why the download did not help
+        load_dataset("cifar10", "test", data_dir=tmp_path / "empty", download=True)
+    assert "\n" not in str(e.value) and re.match(r"cifar10 not found: need cifar-10-python.tar.gz .*; could not "
+                                                 r"download it: http://127\.0\.0\.1:\d+/kriz/cifar-10-python"
+                                                 r"\.tar\.gz \(.*\); put it in ", str(e.value))
+    server = Server()
+    try:
+        info["url"] = server.base + "/kriz/"
+        server.serve("/kriz/cifar-10-python.tar.gz", buf.getvalue())
+        test = load_dataset("cifar10", "test", data_dir=tmp_path / "empty", download=True)
+        train = load_dataset("cifar10", "train", data_dir=tmp_path / "empty", download=True)
+        assert len(test) == 3 and len(train) == 15
+        assert server.hits == {"/kriz/cifar-10-python.tar.gz": 1}
+        cached = tmp_path / "xdg-cache" / "vitkit" / "cifar10" / "cifar-10-python.tar.gz"
+        assert cached.read_bytes() == buf.getvalue()
+    finally:
+        server.close()
 
 
 class _Evil:

@@ -5,20 +5,19 @@ truncated, 404, slow, stalled, killed mid-download, no server at all) -- never t
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from httpserver import Server, closed_port_url
 
 import vitkit
 from vitkit.checkpoint import hub
@@ -29,56 +28,11 @@ FIX = Path(__file__).parent / "fixtures"
 BODY = (FIX / "vit_token.npz").read_bytes()  # a small official-format checkpoint
 
 
-class Server:
-    """A real HTTP server on 127.0.0.1. routes: path -> (body, mode, pause); mode "ok", "truncate" (announces the
-    whole length, sends half, closes), "slow" (eight pieces, `pause` s apart) or "stall" (one piece, then silence)."""
-
-    def __init__(self):
-        self.routes, self.hits = {}, {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                if self.path not in server.routes:
-                    self.send_error(404, "Not Found")
-                    return
-                body, mode, pause = server.routes[self.path]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if mode == "ok":
-                    self.wfile.write(body)
-                elif mode == "truncate":
-                    self.wfile.write(body[: len(body) // 2])
-                    self.close_connection = True
-                else:
-                    pieces = np.array_split(np.frombuffer(body, np.uint8), 8)
-                    for p in pieces if mode == "slow" else pieces[:1]:
-                        self.wfile.write(p.tobytes())
-                        self.wfile.flush()
-                        time.sleep(pause)
-                    if mode == "stall":
-                        time.sleep(30)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def serve(self, path, body=BODY, mode="ok", pause=0.05):
-        self.routes[path] = (body, mode, pause)
-        return self.base + path
-
-
 @pytest.fixture
 def server():
-    s = Server()
+    s = Server(BODY)
     yield s
-    s.httpd.shutdown()
+    s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -89,13 +43,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("VITKIT_NO_DOWNLOAD", raising=False)
     monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path / "no-weights")  # independent of what the package ships
     return tmp_path / "cache"
-
-
-def closed_port_url(path="/x.npz"):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
 
 
 def same_weights(a, b):
@@ -185,8 +132,32 @@ def test_models_pretrained_json(capsys):
     assert (b16["shipped"], b16["image_size"], b16["params"], b16["top1"]) == (False, 384, 86_859_496, None)
     assert main(["models", "--pretrained"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 1 + 31 + 1 and table[0].split()[:2] == ["name", "dataset"]
-    assert any(line.startswith("augreg/Ti_16-") and " 78.22 " in line for line in table)
+    assert table[0].split() == ["name", "dataset", "image", "classes", "params", "top-1", "source"]
+    assert_readable_table(table, [r["name"] for r in rows])
+    ti = "augreg/Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_384"
+    figures = table[table.index(ti) + 1].split()  # a name too long for its column: its figures on the next line
+    assert figures == ["imagenet21k+imagenet2012", "384", "1000", "5,790,376", "78.22", "download"]
+    assert table[2].split() == ["imagenet21k/ViT-B_32", "imagenet21k", "224", "21843", "104,843,091", "-", "download"]
+    assert not any("https://" in line for line in table)  # URLs are in --json, not in the table
+
+
+def assert_readable_table(table: list[str], names: list[str], width: int = 120):
+    """Every line fits `width` columns, and every name appears in full, in order, at the start of a line."""
+    assert max(len(line) for line in table) <= width, max(table, key=len)
+    starts = [line.split()[0] for line in table[1:] if line and not line[0].isspace() and not line.startswith("(")]
+    assert starts == names
+
+
+def test_pretrained_table_puts_names_too_long_for_their_column_on_their_own_line():
+    from vitkit.cli_models import pretrained_table
+
+    row = dict(dataset="some-set", image_size=224, num_classes=10, params=1234, top1=None, shipped=True)
+    names = ["short", "x" * 70, "y" * 130]  # the last is wider than the table itself
+    table = pretrained_table([dict(row, name=n) for n in names])
+    assert table[1].startswith("short ") and table[1].endswith("shipped")
+    assert table[2] == "x" * 70 and table[4] == "y" * 130 and table[3] == table[5]
+    assert table[3].lstrip().startswith("some-set") and len(table[3]) - len(table[3].lstrip()) == len("short") + 2
+    assert all(len(line) <= 120 for line in table if line != "y" * 130)
 
 
 def make_shipped(folder: Path, name="vit-tiny-fmnist", **extra):
@@ -215,6 +186,11 @@ def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monke
     assert (mine["name"], mine["shipped"], mine["dataset"], mine["image_size"], mine["top1"], mine["url"]) == (
         "vit-tiny-fmnist", True, "fashion-mnist", 28, 12.5, None)
     assert mine["params"] == model.num_params()
+    assert main(["models", "--pretrained"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert_readable_table(table, [r["name"] for r in rows])
+    assert table[1].split() == ["vit-tiny-fmnist", "fashion-mnist", "28", "10", f"{model.num_params():,}", "12.50",
+                                "shipped"]
     assert same_weights(vitkit.load("vit-tiny-fmnist").model, model)
 
 

@@ -13,7 +13,7 @@ PKG = ROOT / "vitkit"
 # (the public API). Keep in step with ARCHITECTURE.md.
 LAYERS = [
     ["errors", "version"],
-    ["config", "perf", "flags"],
+    ["config", "perf", "flags", "download"],
     ["hybrid"],
     ["model", "resnet", "mpp"],
     ["data"],

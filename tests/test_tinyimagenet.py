@@ -1,7 +1,8 @@
 """Tiny ImageNet: the official layout read from a folder and from the zip, labels, names, greyscale, the uint8 cache.
 
 Fake copies in tmp_path (a few classes, the official file names and formats) check every rule against hand-made
-expectations; the real validation split in shared/data is checked where present. No network, no user cache."""
+expectations; the real validation split in shared/data is checked where present. No internet (a download comes from a
+server on 127.0.0.1), no user cache."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from httpserver import Server
 
 from vitkit.data import tinyimagenet as tin
 from vitkit.data.datasets import ArrayDataset, load_dataset
@@ -110,6 +113,30 @@ def test_zip_of_the_wrong_size_is_refused(tmp_path):
     _write_zip(tmp_path / tin.ZIP_NAME, _files())
     with pytest.raises(UserError, match="partial download"):
         load_dataset("tiny-imagenet", "train", data_dir=tmp_path)
+
+
+def test_the_zip_is_downloaded_once_and_a_wrong_one_is_not_kept(tmp_path, monkeypatch, capsys):
+    z = _write_zip(tmp_path / "src" / tin.ZIP_NAME, _files())
+    body = z.read_bytes()
+    monkeypatch.setattr(tin, "ZIP_BYTES", len(body))
+    monkeypatch.setattr(tin, "ZIP_MD5", hashlib.md5(body).hexdigest())
+    server = Server()
+    try:
+        wrong = bytes(b ^ 0xFF for b in body)  # the same size, other bytes
+        monkeypatch.setattr(tin, "URL", server.serve("/tin/" + tin.ZIP_NAME, wrong))
+        cached = tmp_path / "xdg-cache" / "vitkit" / "tiny-imagenet" / tin.ZIP_NAME
+        with pytest.raises(UserError) as e:
+            load_dataset("tiny-imagenet", "test", data_dir=tmp_path / "empty", download=True)
+        assert "\n" not in str(e.value) and f"does not match the expected {tin.ZIP_MD5}" in str(e.value)
+        assert not cached.exists() and not cached.with_name(tin.ZIP_NAME + ".part").exists()
+        server.serve("/tin/" + tin.ZIP_NAME, body)
+        test = load_dataset("tiny-imagenet", "test", data_dir=tmp_path / "empty", download=True)
+        train = load_dataset("tiny-imagenet", "train", data_dir=tmp_path / "empty", download=True)
+        assert len(test) == 4 and len(train) == 6 and cached.read_bytes() == body
+        assert server.hits == {"/tin/" + tin.ZIP_NAME: 2}  # the wrong copy, then the right one once
+        assert "downloading Tiny ImageNet" in capsys.readouterr().err
+    finally:
+        server.close()
 
 
 def test_partial_copy_loads_with_a_note(tmp_path, capsys):

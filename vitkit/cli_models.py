@@ -4,7 +4,9 @@ Built on the meta device: no memory, no time.
 
 `vitkit models --pretrained`: every pre-trained model vitkit knows by name (vitkit/checkpoint/hub.py): the ones
 shipped inside the package and the official downloads, with dataset, image size, parameters, published ImageNet
-top-1 where known, and URL. Each name works wherever a checkpoint path does."""
+top-1 where known, and whether it is shipped or downloaded, in a table that fits 120 columns (names too long for
+their column get a line of their own); --json adds the URL and the rest. Each name works wherever a checkpoint path
+does."""
 
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def add_arguments(p):
                    help="print one JSON object (with --pretrained: a list of objects, one per model)")
 
 
+TABLE_WIDTH = 120  # the plain --pretrained table fits a terminal this wide (names longer than their column excepted)
+
+
 def run_pretrained(args) -> int:
     from .checkpoint.hub import registry
 
@@ -35,14 +40,34 @@ def run_pretrained(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    width = max(len(r["name"]) for r in rows) + 2
-    print(f"{'name':<{width}}{'dataset':<26}{'image':>6}{'classes':>8}{'params':>14}{'top-1':>8}  source")
-    for r in rows:
-        top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
-        print(f"{r['name']:<{width}}{r['dataset'] or '-':<26}{r['image_size']:>6}{r['num_classes']:>8}"
-              f"{r['params']:>14,}{top1:>8}  {'shipped' if r['shipped'] else r['url']}")
-    print("(top-1: ImageNet accuracy in % as published; any name above works wherever a checkpoint path does)")
+    print("\n".join(pretrained_table(rows)))
     return 0
+
+
+def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH) -> list[str]:
+    """The plain table of `vitkit models --pretrained`: one line per model, within `width` columns. The name column
+    is as wide as the names that fit beside the other columns; a longer name (AugReg's run up to ~110 characters)
+    gets a line of its own, in full, with its figures on the next line under the columns. `source` says "shipped"
+    (inside the package) or "download" (fetched into the cache once; --json gives the URL)."""
+    ds = max([len("dataset")] + [len(r["dataset"] or "-") for r in rows]) + 2
+
+    def figures(r: dict) -> str:
+        top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
+        return (f"{r['dataset'] or '-':<{ds}}{r['image_size']:>6}{r['num_classes']:>8}{r['params']:>14,}{top1:>8}"
+                f"  {'shipped' if r['shipped'] else 'download'}")
+
+    head = f"{'dataset':<{ds}}{'image':>6}{'classes':>8}{'params':>14}{'top-1':>8}  source"
+    rest = max([len(head)] + [len(figures(r)) for r in rows])
+    name_w = max([len("name")] + [len(r["name"]) for r in rows if len(r["name"]) + 2 + rest <= width]) + 2
+    lines = [f"{'name':<{name_w}}{head}"]
+    for r in rows:
+        if len(r["name"]) + 2 <= name_w:
+            lines.append(f"{r['name']:<{name_w}}{figures(r)}")
+        else:
+            lines += [r["name"], " " * name_w + figures(r)]
+    lines += ["(top-1: ImageNet accuracy in % as published; any name above works wherever a checkpoint path does)",
+              "(source: shipped = inside the package; download = fetched into the cache on first use; --json: URLs)"]
+    return lines
 
 
 def run(args) -> int:

@@ -32,29 +32,30 @@ Shipped models live inside the package as native checkpoints, vitkit/weights/<na
 config.json, MODEL_CARD.md); they are found by scanning that folder, so `shipped` is a fact about the installed
 package. Optional "dataset" and "top1" keys of the config.json are shown in the listing.
 
-Downloads go to $VITKIT_CACHE (default: the datasets' cache, ~/.cache/vitkit)/<host>/<path of the URL>. Bytes
-are written to a ".part" file that is renamed into place only when complete and checked (length, and sha256 where
-known), so a killed or truncated download leaves nothing a later run trusts; a lock file lets only one process
-download a file at a time. A cached file is never downloaded again. A progress bar (tqdm, stderr) shows when
-stderr is a terminal or VITKIT_PROGRESS=1; VITKIT_DOWNLOAD_TIMEOUT (seconds, default 60) bounds each wait for the
-server; VITKIT_NO_DOWNLOAD=1 forbids downloads. Without network, the error names the URL and the cache path where a
-file fetched by other means is picked up.
+Downloads go to $VITKIT_CACHE (default: the datasets' cache, ~/.cache/vitkit)/<host>/<path of the URL>. The
+fetching itself is vitkit/download.py, shared with the datasets' downloads: bytes are written to a ".part" file
+that is renamed into place only when complete and checked (length, and sha256 where known), so a killed or
+truncated download leaves nothing a later run trusts; a lock file lets only one process download a file at a time.
+A cached file is never downloaded again. A progress bar (tqdm, stderr) shows when stderr is a terminal or
+VITKIT_PROGRESS=1; VITKIT_DOWNLOAD_TIMEOUT (seconds, default 60) bounds each wait for the server;
+VITKIT_NO_DOWNLOAD=1 forbids downloads. Without network, the error (a DownloadError, one line) names the URL and
+the cache path where a file fetched by other means is picked up. This module keeps what is particular to weights:
+the registry, the cache layout (`cache_path`) and unpacking archived checkpoint folders (`unpack`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
+from ..download import DownloadError, allowed, fetch
 from ..errors import UserError
 
 BUCKET = "https://storage.googleapis.com/vit_models/"
@@ -258,55 +259,17 @@ def cache_path(url: str) -> Path:
     return cache_dir().joinpath(host, *parts)
 
 
-def _timeout() -> float:
-    try:
-        return float(os.environ.get("VITKIT_DOWNLOAD_TIMEOUT", "60"))
-    except ValueError:
-        raise UserError(f"VITKIT_DOWNLOAD_TIMEOUT must be a number of seconds, got "
-                        f"{os.environ['VITKIT_DOWNLOAD_TIMEOUT']!r}") from None
-
-
-@contextlib.contextmanager
-def _locked(fh):
-    """One downloader per file across processes; the OS releases the lock when a process dies."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock; the rename still keeps the cache consistent
-        yield
-        return
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def download(url: str, sha256: Optional[str] = None, size: Optional[int] = None,
              progress: Optional[bool] = None) -> Path:
-    """Download `url` into the cache (once) and return the local file. `progress`: a tqdm bar on stderr;
-    default when stderr is a terminal or VITKIT_PROGRESS=1."""
+    """Download `url` into the cache (once) and return the local file; vitkit/download.py does the fetching (lock,
+    .part file, checks, one-line errors). `progress`: a tqdm bar on stderr; default when stderr is a terminal or
+    VITKIT_PROGRESS=1."""
     dest = cache_path(url)
     if dest.is_file():
         return dest
-    if os.environ.get("VITKIT_NO_DOWNLOAD", "") in ("1", "true", "yes"):  # as for datasets (vitkit/data/README.md)
-        raise _fail(url, dest, "downloads are off: VITKIT_NO_DOWNLOAD is set")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(dest.with_name(dest.name + ".lock"), "a")
-    except OSError as e:
-        raise UserError(f"cannot write the download cache {dest.parent} ({e.strerror or e}); set VITKIT_CACHE to a "
-                        f"writable folder") from None
-    with lock, _locked(lock):
-        if dest.is_file():  # another process finished it while this one waited
-            return dest
-        part = dest.with_name(dest.name + ".part")
-        try:
-            _fetch(url, part, dest, sha256, size, progress)
-            os.replace(part, dest)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-    return dest
+    if not allowed():  # as for datasets (vitkit/data/README.md)
+        raise DownloadError(url, dest, "downloads are off: VITKIT_NO_DOWNLOAD is set", connection=False)
+    return fetch(url, dest, sha256=sha256, size=size, progress=progress)
 
 
 def unpack(path: Path) -> Path:
@@ -364,52 +327,3 @@ def _check_members(archive: Path, names: list[str]) -> None:
         p = Path(n)
         if p.is_absolute() or ".." in p.parts or n.startswith(("/", "\\")):
             raise UserError(f"{archive}: refusing the archive member {n!r} (outside the folder it unpacks into)")
-
-
-def _fail(url: str, dest: Path, why: str) -> UserError:
-    return UserError(f"cannot download {url} ({why}); nothing was kept. To use it offline, fetch the file by other "
-                     f"means and put it at {dest}")
-
-
-def _fetch(url: str, part: Path, dest: Path, sha256: Optional[str], size: Optional[int],
-           progress: Optional[bool]) -> None:
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    from tqdm import tqdm
-
-    from ..version import __version__
-
-    if progress is None:
-        progress = sys.stderr.isatty() or os.environ.get("VITKIT_PROGRESS") == "1"
-    request = urllib.request.Request(url, headers={"User-Agent": f"vitkit/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=_timeout()) as resp:
-            announced = resp.headers.get("Content-Length")
-            announced = int(announced) if announced and announced.isdigit() else None
-            if size is not None and announced is not None and announced != size:
-                raise _fail(url, dest, f"the server announces {announced:,} bytes, expected {size:,}")
-            digest, got = hashlib.sha256(), 0
-            with open(part, "wb") as fh, tqdm(total=announced, unit="B", unit_scale=True, unit_divisor=1024,
-                                               desc=dest.name, file=sys.stderr, disable=not progress) as bar:
-                while chunk := resp.read1(1 << 20):  # what has arrived: the .part file and the bar follow the network
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    got += len(chunk)
-                    bar.update(len(chunk))
-                fh.flush()
-                os.fsync(fh.fileno())
-    except urllib.error.HTTPError as e:
-        raise _fail(url, dest, f"HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise _fail(url, dest, str(getattr(e, "reason", e))) from None
-    except http.client.IncompleteRead:
-        raise _fail(url, dest, "truncated: the connection closed before the announced length") from None
-    except (OSError, http.client.HTTPException) as e:  # timeouts, resets
-        raise _fail(url, dest, str(e) or type(e).__name__) from None
-    for expected, what in ((announced, "the announced length"), (size, "the expected size")):
-        if expected is not None and got != expected:
-            raise _fail(url, dest, f"truncated: got {got:,} of {expected:,} bytes ({what})")
-    if sha256 is not None and digest.hexdigest() != sha256.lower():
-        raise _fail(url, dest, f"sha256 {digest.hexdigest()} does not match the expected {sha256}")

@@ -18,8 +18,10 @@ Where files are looked for, first match wins: `data_dir`, `$VITKIT_DATA`, `~/.ca
 (/usr/share/datasets/<name>, where Debian's dataset-fashion-mnist puts its files). In each root the files may
 sit directly, in a sub-folder named after the dataset (ROOT/mnist/), or in torchvision's layout
 (ROOT/MNIST/raw/). Missing files are downloaded from the official URL into ~/.cache/vitkit/<name>/ when the
-network allows (set VITKIT_NO_DOWNLOAD=1 to forbid it); otherwise a one-line UserError says which files to put
-where. Every file is md5-checked against the official release before use.
+network allows (set VITKIT_NO_DOWNLOAD=1 to forbid it), by vitkit/download.py, the downloader pre-trained weights
+use too: progress bar, lock, atomic rename, md5 checked on arrival, mirrors tried in order while they cannot be
+reached; otherwise a one-line UserError says which files to put where. Every file is md5-checked against the
+official release before use.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..download import DownloadError, allowed, fetch, fetch_first
 from ..errors import UserError
 from .imagefolder import ImageFolderDataset  # photos, decoded lazily: its own module, part of this API
 
@@ -245,7 +245,7 @@ def load_dataset(spec: str, split: str = "train", data_dir=None, image_size: Opt
             "cifar-100": "cifar100", "tinyimagenet": "tiny-imagenet", "tiny-imagenet-200": "tiny-imagenet"
             }.get(name, name)
     if download is None:
-        download = os.environ.get("VITKIT_NO_DOWNLOAD", "") not in ("1", "true", "yes")
+        download = allowed()
     if name == "embedded":
         return load_embedded(split)
     if name == "tiny-imagenet":  # 64 px photos, decoded once and cached as uint8 (tinyimagenet.py)
@@ -345,25 +345,6 @@ def md5sum(path_or_bytes) -> str:
     return h.hexdigest()
 
 
-def _download(url: str, dest: Path, md5: str, timeout: float = 10.0) -> bool:
-    """Fetch url into dest (atomically, md5-checked). False if the network is unavailable; UserError if the
-    download arrives but its checksum is wrong."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(r, f, 1 << 20)
-    except (OSError, ValueError):  # URLError, timeouts, refused connections, HTTP errors
-        return False
-    got = md5sum(tmp)
-    if got != md5:
-        os.unlink(tmp)
-        raise UserError(f"downloaded {url} has md5 {got}, expected {md5}; try again or download it by hand")
-    os.replace(tmp, dest)
-    return True
-
-
 # ------------------------------------------------------------------------------------------------- IDX (MNIST)
 
 
@@ -404,12 +385,16 @@ def read_idx_split(name: str, split: str, data_dir=None, download: bool = False)
     src = _IDX[name]
     files = src.files[split]
     paths = _find_files(files, _candidate_dirs(name, data_dir, src.folder_names, src.system_dirs))
-    if paths is None and download:
-        target = cache_dir() / name
-        if all(any(_download(u + f.name, target / f.name, f.md5) for u in src.urls) for f in files):
-            paths = [target / f.name for f in files]
+    tried = ""
+    if paths is None and download:  # from the first mirror that answers; a file that arrives wrong is an error
+        try:
+            paths = [fetch_first([u + f.name for u in src.urls], cache_dir() / name / f.name, md5=f.md5)
+                     for f in files]
+        except DownloadError as e:
+            if not e.connection:
+                raise
+            tried = f"; could not download them: {e.url} ({e.reason})"
     if paths is None:
-        tried = f"; could not download them from {src.urls[0]} (offline?)" if download else ""
         raise UserError(f"{name} {split} files not found: {', '.join(f.name for f in files)}{tried}; put them in "
                         f"{_where_to_put(name, data_dir)}")
     images = _parse_idx(_read_checked(paths[0], files[0]), paths[0], ndim=3)
@@ -516,11 +501,14 @@ def _cifar_source(name: str, data_dir, download: bool):
             return "dir", d / folder
         if (d / tarball.name).is_file():
             return "tar", d / tarball.name
+    tried = ""
     if download:
-        dest = cache_dir() / name / tarball.name
-        if _download(info["url"] + tarball.name, dest, tarball.md5, timeout=30):
-            return "tar", dest
-    tried = f"; could not download it from {info['url']} (offline?)" if download else ""
+        try:
+            return "tar", fetch(info["url"] + tarball.name, cache_dir() / name / tarball.name, md5=tarball.md5)
+        except DownloadError as e:
+            if not e.connection:  # it arrived, but is not the official file
+                raise
+            tried = f"; could not download it: {e.url} ({e.reason})"
     raise UserError(f"{name} not found: need {tarball.name} or its extracted folder {folder}/{tried}; put it in "
                     f"{_where_to_put(name, data_dir)}")
 

@@ -5,8 +5,8 @@
 Where it is read from, first match wins, in each root (`data_dir`, `$VITKIT_DATA`, `~/.cache/vitkit`): the root
 itself when it *is* the extracted `tiny-imagenet-200/` folder, `ROOT/tiny-imagenet-200/`, or the official zip
 `ROOT/tiny-imagenet-200.zip` read in place (members are decoded straight from the archive, nothing is extracted).
-Without either, the official zip is downloaded into ~/.cache/vitkit/tiny-imagenet/ when the network allows and
-md5-checked against the official release.
+Without either, the official zip is downloaded into ~/.cache/vitkit/tiny-imagenet/ when the network allows
+(vitkit/download.py: progress bar, lock, atomic rename, size and md5 checked on arrival).
 
 The official layout: `wnids.txt` (the 200 class ids; classes are numbered in sorted id order, as an ImageFolder of
 `train/` would number them), `words.txt` (id -> names; the first name is the class name), `train/<wnid>/images/
@@ -38,8 +38,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..download import DownloadError, fetch
 from ..errors import UserError
-from .datasets import ArrayDataset, _download, _roots, cache_dir, md5sum
+from .datasets import ArrayDataset, _roots, cache_dir, md5sum
 
 FOLDER = "tiny-imagenet-200"
 ZIP_NAME = "tiny-imagenet-200.zip"
@@ -89,13 +90,17 @@ def find_source(data_dir=None, download: bool = False) -> _Source:
         for cand in (root / ZIP_NAME, root / "tiny-imagenet" / ZIP_NAME):
             if cand.is_file():
                 return _checked_zip(cand)
+    tried = ""
     if download:
         dest = cache_dir() / "tiny-imagenet" / ZIP_NAME
         print(f"vitkit: downloading Tiny ImageNet ({ZIP_BYTES / 1e6:.0f} MB) from {URL} to {dest}", file=sys.stderr)
-        if _download(URL, dest, ZIP_MD5, timeout=60):
-            return _Source(dest)
+        try:
+            return _Source(fetch(URL, dest, md5=ZIP_MD5, size=ZIP_BYTES))
+        except DownloadError as e:
+            if not e.connection:  # it arrived, but is not the official zip
+                raise
+            tried = f"; could not download it: {e.url} ({e.reason})"
     where = Path(data_dir).expanduser() if data_dir else cache_dir() / "tiny-imagenet"
-    tried = f"; could not download it from {URL} (offline?)" if download else ""
     raise UserError(f"tiny-imagenet not found: need the extracted {FOLDER}/ folder or {ZIP_NAME} (md5 {ZIP_MD5}) "
                     f"in {where} (or pass --data-dir / set VITKIT_DATA){tried}")
 
