@@ -6,7 +6,7 @@ MODEL_CARD.md), found by `vitkit models --pretrained` and loadable as `vitkit.lo
 
 Only the weights travel (no optimizer state): they are read with vitkit's own loader, which refuses non-finite
 values, and written as an ordinary native checkpoint whose config.json also carries "dataset" and "top1" (the run's
-last evaluation, read from its metrics.jsonl). The model card is written from the run's own record: the settings
+last evaluation in percent, read from its metrics.jsonl). The model card is written from the run's own record: the settings
 saved in its checkpoint, the evaluation curve, and the summed step times. An existing NAME is replaced only with
 --overwrite.
 """
@@ -103,11 +103,11 @@ def main() -> int:
         return 2
     loaded = load(ckpt)  # refuses non-finite weights
     settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
-    top1 = round(float(evals[-1]["top1"]), 4)
+    top1 = round(100 * float(evals[-1]["top1"]), 2)  # percent, as the registry gives the published figures
     save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
     (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset))
     total = sum(f.stat().st_size for f in WEIGHTS.rglob("*.safetensors")) / 2 ** 20
-    print(f"shipped {dest}: top-1 {100 * top1:.2f} %; all shipped weights {total:.1f} MB (limit {LIMIT_MB} MB)")
+    print(f"shipped {dest}: top-1 {top1:.2f} %; all shipped weights {total:.1f} MB (limit {LIMIT_MB} MB)")
     return 0 if total <= LIMIT_MB else 1
 
 

@@ -30,7 +30,7 @@ No sha256 is published for these files: a download is checked against the length
 
 Shipped models live inside the package as native checkpoints, vitkit/weights/<name>/ (model.safetensors,
 config.json, MODEL_CARD.md); they are found by scanning that folder, so `shipped` is a fact about the installed
-package. Optional "dataset" and "top1" keys of the config.json are shown in the listing.
+package. Optional "dataset" and "top1" (percent) keys of the config.json are shown in the listing.
 
 Downloads go to $VITKIT_CACHE (default: the datasets' cache, ~/.cache/vitkit)/<host>/<path of the URL>. The
 fetching itself is vitkit/download.py, shared with the datasets' downloads: bytes are written to a ".part" file
