@@ -117,6 +117,39 @@ def test_a_second_call_reads_finished_cells_back(study, monkeypatch):
     assert run_study(sr) == rows
 
 
+def test_a_study_continues_from_its_results_json_alone(study, tmp_path, monkeypatch):
+    """On another machine only DIR/results.json was kept (committed): finished rows are not run again, the
+    missing cell is, and an interrupted call keeps the recorded rows it had not reached."""
+    import dataclasses
+    import shutil
+
+    sr, rows = study
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(sr.out / RESULTS, out / RESULTS)
+    moved = dataclasses.replace(sr, out=out, cells_dir=tmp_path / "no-cells")
+    ran = []
+
+    def fake_run(s, cell):
+        ran.append(cell)
+        return {**rows[1], "seconds": -1.0}
+
+    monkeypatch.setattr(study_run, "run_cell", fake_run)
+    assert run_study(moved) == rows and ran == []
+    (out / RESULTS).write_text(json.dumps([rows[0], rows[2]]))  # the second cell's row is missing
+    got = run_study(moved)
+    assert ran == [GRID.cells[1]] and got == [rows[0], {**rows[1], "seconds": -1.0}, rows[2]]
+
+    def killed(s, cell):
+        raise KeyboardInterrupt
+
+    (out / RESULTS).write_text(json.dumps([rows[0], rows[2]]))
+    monkeypatch.setattr(study_run, "run_cell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(moved)
+    assert json.loads((out / RESULTS).read_text()) == [rows[0], rows[2]]
+
+
 def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path):
     from vitkit.train.loop import train
 

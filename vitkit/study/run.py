@@ -252,23 +252,53 @@ def finetune_cell(sr: StudyRun, cell: Cell) -> dict:
     return ft
 
 
+def recorded_rows(path: Path) -> dict:
+    """The finished rows of an earlier call's results.json, by cell name ({} if there is none or it is unreadable).
+    They let a study continue on another machine from its committed results.json alone: the cells' runs
+    (checkpoints) need not travel."""
+    try:
+        rows = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if not isinstance(rows, list):
+        return {}
+    return {r["cell"]: r for r in rows if isinstance(r, dict) and "cell" in r and "pretrain_flops" in r}
+
+
 def run_study(sr: StudyRun, on_row: Optional[Callable[[list], None]] = None) -> list:
     """Every cell of the grid, in order: finished ones read back, the others run; then, if the grid fine-tunes,
     its fine-tuning likewise. results.json is rewritten (and `on_row(rows)` called, e.g. to redraw the figures)
     after each cell, so an interrupted study leaves the rows of the cells it finished."""
     sr.out.mkdir(parents=True, exist_ok=True)
     sr.cells_dir.mkdir(parents=True, exist_ok=True)
+    recorded = recorded_rows(sr.out / RESULTS)
     rows = []
     for i, cell in enumerate(sr.grid.cells):
-        row = read_row(sr.cell_dir(cell) / ROW)
-        if row is None:
-            row = run_cell(sr, cell)
+        done = recorded.get(sr.cell_dir(cell).name)
+        if done is not None and (not sr.grid.finetune_steps or "finetune_top1" in done) \
+                and not (sr.cell_dir(cell) / ROW).exists():
+            # a finished row kept in DIR/results.json (e.g. committed) while the cell's run is gone: keep it
+            sr.say(f"vitkit study: cell {i + 1}/{len(sr.grid.cells)} recorded in {sr.out / RESULTS} ({done['cell']})")
+            row = done
         else:
-            sr.say(f"vitkit study: cell {i + 1}/{len(sr.grid.cells)} done already ({row['cell']})")
-        if sr.grid.finetune_steps:  # the cell's own row stays as it is (another study may share it)
-            row = {**row, "arm": cell.arm, **finetune_cell(sr, cell)}
+            row = _cell_row(sr, cell, i)
         rows.append(row)
-        write_json_atomic(sr.out / RESULTS, rows)
+        # the recorded rows not reached yet stay in the file, so an interrupted call loses none of them
+        seen = {r["cell"] for r in rows}
+        write_json_atomic(sr.out / RESULTS, rows + [r for k, r in recorded.items() if k not in seen])
         if on_row is not None:
             on_row(rows)
+    write_json_atomic(sr.out / RESULTS, rows)  # the grid complete: rows of cells no longer in it are dropped
     return rows
+
+
+def _cell_row(sr: StudyRun, cell: Cell, i: int) -> dict:
+    """A cell's row: read back if finished, else trained and evaluated; with the grid's fine-tuning added."""
+    row = read_row(sr.cell_dir(cell) / ROW)
+    if row is None:
+        row = run_cell(sr, cell)
+    else:
+        sr.say(f"vitkit study: cell {i + 1}/{len(sr.grid.cells)} done already ({row['cell']})")
+    if sr.grid.finetune_steps:  # the cell's own row stays as it is (another study may share it)
+        row = {**row, "arm": cell.arm, **finetune_cell(sr, cell)}
+    return row
