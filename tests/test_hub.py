@@ -72,8 +72,12 @@ AUGREG_TOP1 = {
 }
 
 
+BIT_ARCHS = ["R50x1", "R101x1", "R50x3", "R101x3", "R152x4"]  # big_transfer README; R152x2 later, BiT-M only
+
+
 def test_registry_names_urls_sizes_and_top1():
-    reg = hub.registry()
+    reg = {p.name: p for p in hub.official() if not p.name.startswith("BiT-")}
+    assert set(hub.registry()) >= set(reg)
     expected = ({f"imagenet21k/{f}" for f in PAPER_I21K} | {f"imagenet21k+imagenet2012/{f}" for f in PAPER_FT}
                 | {f"augreg/{f}" for f in AUGREG_TOP1} | {f"augreg/{f.split('--')[0]}" for f in AUGREG_TOP1})
     assert set(reg) == expected and len(reg) == 6 + 7 + 18
@@ -86,6 +90,20 @@ def test_registry_names_urls_sizes_and_top1():
         assert p.top1 == AUGREG_TOP1.get(name.removeprefix("augreg/"))
     assert reg["imagenet21k/R50+ViT-B_16"].variant == "R50+ViT-B/16"
     assert reg["imagenet21k/ViT-H_14"].representation_size == 1280  # the paper's i21k files keep the pre-logits
+
+
+def test_bit_files_by_name():
+    bit = {p.name: p for p in hub.official() if p.name.startswith("BiT-")}
+    expected = ({f"BiT-S-{a}" for a in BIT_ARCHS} | {f"BiT-M-{a}" for a in BIT_ARCHS + ["R152x2"]}
+                | {f"BiT-M-{a}-ILSVRC2012" for a in BIT_ARCHS + ["R152x2"]})
+    assert set(bit) == expected
+    for name, p in bit.items():
+        assert p.url == f"https://storage.googleapis.com/bit_models/{name}.npz"
+        assert p.num_classes == (21843 if name.startswith("BiT-M") and not name.endswith("ILSVRC2012") else 1000)
+        assert p.variant == "BiT-" + name.split("-")[2]
+    # timm's model card for resnetv2_50x1_bit.goog_in21k: 68.3 M parameters. By hand: vitkit's BiT-R50x1 with 1000
+    # classes has 25,549,352 parameters (pinned in tests/test_bit.py); swap its 2048 -> 1000 head for 2048 -> 21843.
+    assert bit["BiT-M-R50x1"].params() == 25_549_352 - 2049 * 1000 + 2049 * 21843 == 68_256_659
 
 
 # Official file sizes (vit_jax.ipynb `gsutil ls -lh`, README AugReg table): float32 weights are 4 bytes per
@@ -125,7 +143,7 @@ def test_params_match_the_official_file_sizes():
 def test_models_pretrained_json(capsys):
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert isinstance(rows, list) and len(rows) == 31
+    assert isinstance(rows, list) and len(rows) == 31 + 17  # ViT files, BiT files (nothing shipped: see the fixture)
     for r in rows:
         assert {"name", "shipped", "dataset", "image_size", "params", "top1", "url"} <= set(r)
     b16 = next(r for r in rows if r["name"] == "imagenet21k+imagenet2012/ViT-B_16")
@@ -181,7 +199,7 @@ def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monke
     assert [p.name for p in hub.shipped()] == ["vit-tiny-fmnist"]
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 32 and sum(r["shipped"] for r in rows) == 1
+    assert len(rows) == 32 + 17 and sum(r["shipped"] for r in rows) == 1
     mine = rows[0]
     assert (mine["name"], mine["shipped"], mine["dataset"], mine["image_size"], mine["top1"], mine["url"]) == (
         "vit-tiny-fmnist", True, "fashion-mnist", 28, 12.5, None)

@@ -96,8 +96,9 @@ class Pretrained:
                 from ..config import ViTConfig
 
                 return ViT(ViTConfig.from_dict(_read_json(self.path / "config.json")["model"])).num_params()
+            extra = {"representation_size": self.representation_size} if self.representation_size else {}
             return create_model(self.variant, num_classes=self.num_classes, image_size=self.image_size,
-                                representation_size=self.representation_size).num_params()
+                                **extra).num_params()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,6 +134,10 @@ _AUGREG = [  # (pre-trained file, fine-tuning suffix at 384 px, ImageNet top-1 o
     ("S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0", "steps_20k-lr_0.01-res_384", 79.58),
     ("R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0", "steps_20k-lr_0.03-res_384", 75.40),
 ]
+# -- BiT (google-research/big_transfer README): BiT-S on ILSVRC-2012, BiT-M on ImageNet-21k, and BiT-M fine-tuned on
+# ILSVRC-2012 ("-ILSVRC2012"; BiT-HyperRule fine-tunes ImageNet at 480 px). R152x2 was released later, BiT-M only.
+BIT_BUCKET = "https://storage.googleapis.com/bit_models/"
+_BIT_ARCHS = ("R50x1", "R101x1", "R50x3", "R101x3", "R152x4")
 _AUGREG_FILE = re.compile(r"^(?P<model>[A-Za-z0-9_]+?)-[A-Za-z0-9_.+-]+$")
 
 
@@ -153,6 +158,14 @@ def official() -> list[Pretrained]:
         ft = f"augreg/{f}--imagenet2012-{adapt}"
         out.append(Pretrained(ft, variant, "imagenet21k+imagenet2012", int(adapt.rsplit("_", 1)[1]),
                               IMAGENET_CLASSES, top1=top1, url=f"{BUCKET}{ft}.npz"))
+    for arch in _BIT_ARCHS + ("R152x2",):
+        if arch != "R152x2":
+            out.append(Pretrained(f"BiT-S-{arch}", f"BiT-{arch}", "imagenet2012", 224, IMAGENET_CLASSES,
+                                  url=f"{BIT_BUCKET}BiT-S-{arch}.npz"))
+        out.append(Pretrained(f"BiT-M-{arch}", f"BiT-{arch}", "imagenet21k", 224, IMAGENET21K_CLASSES,
+                              url=f"{BIT_BUCKET}BiT-M-{arch}.npz"))
+        out.append(Pretrained(f"BiT-M-{arch}-ILSVRC2012", f"BiT-{arch}", "imagenet21k+imagenet2012", 480,
+                              IMAGENET_CLASSES, url=f"{BIT_BUCKET}BiT-M-{arch}-ILSVRC2012.npz"))
     return out
 
 
