@@ -418,15 +418,19 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
             _remove_run(out)
     D.barrier()
 
+    return Run(s, info, out, saved, _seed_and_load_init(s))
+
+
+def _seed_and_load_init(s: TrainSettings):
+    """Seed every generator from --seed, then load the --init checkpoint (or None): the first steps of a run."""
     torch.manual_seed(s.seed)
     random.seed(s.seed)
     np.random.seed(s.seed)
-    init_model = None
-    if s.init:
-        from ..checkpoint.io import load
+    if not s.init:
+        return None
+    from ..checkpoint.io import load
 
-        init_model = load(s.init)
-    return Run(s, info, out, saved, init_model)
+    return load(s.init)
 
 
 def _load_split(s: TrainSettings, split: str, init_model):
@@ -464,14 +468,7 @@ def initial_model(s: TrainSettings):
     """(model, preprocess, class names): what train(s) starts from, seeded and built in the order train() does it
     (seeds, --init, data, model), so the same weights as its step 0; nothing is trained or written. A study's
     from-scratch baseline is this model at this seed."""
-    torch.manual_seed(s.seed)
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    init_model = None
-    if s.init:
-        from ..checkpoint.io import load
-
-        init_model = load(s.init)
+    init_model = _seed_and_load_init(s)
     train_ds = _load_split(s, "train", init_model)
     model, preprocess = build_model(s, len(train_ds.class_names), train_ds.channels, native_size(train_ds),
                                     init_model)
