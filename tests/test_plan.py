@@ -53,6 +53,8 @@ def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True)
     assert "image_size" not in changes and "model" not in changes and "batch_size" not in changes
     assert "the checkpoint's resolution" in why
+    _, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True, checkpoint_size=64)
+    assert "64 px (the checkpoint's resolution)" in why
     assert changes["steps"] == MIN_STEPS_FINETUNE < MIN_STEPS  # 10 epochs of 5000 images at batch 128: 390 steps
     big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32)
     changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, fine_tuning=True)
@@ -73,3 +75,16 @@ def test_only_image_folders_are_planned_and_a_resumed_run_keeps_its_settings(tmp
     assert planned.image_size == 64 and planned.model == SCRATCH_MODEL and planned.steps == MIN_STEPS
     assert len(lines) == 1 and "any flag given wins" in lines[0]
     assert apply(folder.replace(resume=True), set(), recipe, say=lines.append) == folder.replace(resume=True)
+
+
+def test_checkpoint_size_from_a_folder_or_a_name_without_loading(tmp_path):
+    import json
+
+    from vitkit.train.plan import checkpoint_size
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({"model": {"image_size": 96}}))
+    assert checkpoint_size(tmp_path / "ck") == 96
+    assert checkpoint_size("imagenet21k/ViT-B_16") == 224  # listed, not downloaded
+    assert checkpoint_size("ViT-Mini_8-tiny-imagenet") == 64  # shipped
+    assert checkpoint_size(tmp_path / "nothing-here.npz") is None

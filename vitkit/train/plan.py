@@ -70,15 +70,18 @@ def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
     return DataFacts(len(paths), len(classes), grey and bool(sides), sides[len(sides) // 2] if sides else None)
 
 
-def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False) -> tuple[dict, list[str]]:
+def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
+         checkpoint_size: Optional[int] = None) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
-    user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults."""
+    user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults;
+    checkpoint_size: the resolution of the checkpoint being fine-tuned, where known."""
     if facts.n_train == 0:
         return {}, []
     changes, why = {}, []
     if "image_size" not in given:
         if fine_tuning:  # the loop uses the checkpoint's own resolution; nothing to change
-            why.append("the checkpoint's resolution")
+            why.append(f"{checkpoint_size} px (the checkpoint's resolution)" if checkpoint_size
+                       else "the checkpoint's resolution")
         elif facts.median_side is not None:
             size = 32 if facts.median_side <= SMALL_SIDE else 64
             changes["image_size"] = size
@@ -109,13 +112,30 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
     return changes, why
 
 
+def checkpoint_size(spec) -> Optional[int]:
+    """The input resolution of a checkpoint to fine-tune, for the plan's message, without loading or downloading
+    it: a native checkpoint folder's config.json, or a pre-trained name's listing; None otherwise (the loop still
+    uses the checkpoint's own resolution)."""
+    import json
+
+    from ..checkpoint.hub import lookup
+
+    try:
+        return int(json.loads((Path(spec).expanduser() / "config.json").read_text())["model"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    entry = lookup(str(spec))
+    return entry.image_size if entry is not None else None
+
+
 def apply(s, given: set, recipe, say=None):
     """`s` with the plan's changes for an image-folder dataset (a new run only: a resumed run keeps its own
     settings); `say(line)` gets the one line that tells what was chosen and why."""
     if s.resume or not s.dataset.lower().startswith("imagefolder:"):
         return s
     facts = facts_of_folder(s.dataset.split(":", 1)[1])
-    changes, why = plan(given, recipe.batch_size, recipe.epochs, facts, fine_tuning=bool(s.init))
+    changes, why = plan(given, recipe.batch_size, recipe.epochs, facts, fine_tuning=bool(s.init),
+                        checkpoint_size=checkpoint_size(s.init) if s.init else None)
     if why and say is not None:
         say(f"vitkit train: {facts.n_train} images in {facts.num_classes} classes (median side "
             f"{facts.median_side} px{', greyscale' if facts.grey else ''}): chose {'; '.join(why)}; "
