@@ -38,6 +38,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv("VITKIT_PROGRESS", raising=False)
     monkeypatch.delenv("VITKIT_DOWNLOAD_TIMEOUT", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("VITKIT_CACHE", raising=False)
     return tmp_path / "xdg-cache" / "vitkit"
 
 
@@ -136,6 +137,17 @@ def test_a_dataset_is_downloaded_once_into_the_cache(server, fake_mnist, isolate
     assert "t10k-images-idx3-ubyte.gz" in err and "100%" in err  # the progress bar, as for weights
     load_dataset("mnist", "test", data_dir=tmp_path / "empty", download=True)  # found in the cache
     assert server.hits == {f"/mnist/{name}": 1 for name in fake_mnist["gz"]}
+
+
+def test_vitkit_cache_holds_dataset_downloads_too(server, fake_mnist, isolated, tmp_path, monkeypatch):
+    """One setting moves the whole cache: datasets go where weights go."""
+    for name, body in fake_mnist["gz"].items():
+        server.serve(f"/mnist/{name}", body)
+    fake_mnist["mirrors"](server.base + "/mnist/")
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "mine"))
+    load_dataset("mnist", "test", data_dir=tmp_path / "empty", download=True)
+    assert leftovers(tmp_path / "mine" / "mnist") == sorted(fake_mnist["gz"])
+    assert not isolated.exists()  # nothing in the XDG cache
 
 
 def test_an_unreachable_mirror_falls_through_to_the_next(server, fake_mnist, isolated, tmp_path):

@@ -73,7 +73,7 @@ def fetch(url: str, dest, *, md5: Optional[str] = None, sha256: Optional[str] = 
         lock = open(dest.with_name(dest.name + ".lock"), "a")
     except OSError as e:
         raise UserError(f"cannot write the download folder {dest.parent} ({e.strerror or e}); make it writable or "
-                        f"point the cache elsewhere (VITKIT_CACHE for weights, XDG_CACHE_HOME for datasets)") from None
+                        f"point the cache elsewhere with VITKIT_CACHE") from None
     with lock, _locked(lock):
         if dest.is_file():  # another process finished it while this one waited
             return dest

@@ -247,9 +247,7 @@ def resolve(spec, progress: Optional[bool] = None) -> Path:
 
 # -- downloads ----------------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """$VITKIT_CACHE, else the cache the datasets use (~/.cache/vitkit, or $XDG_CACHE_HOME/vitkit)."""
-    if os.environ.get("VITKIT_CACHE"):
-        return Path(os.environ["VITKIT_CACHE"]).expanduser()
+    """vitkit's cache, shared with the datasets: $VITKIT_CACHE, else $XDG_CACHE_HOME/vitkit or ~/.cache/vitkit."""
     from ..data.datasets import cache_dir as data_cache
 
     return data_cache()

@@ -318,6 +318,10 @@ def _roots(data_dir) -> list[Path]:
 
 
 def cache_dir() -> Path:
+    """vitkit's one cache (downloaded datasets and weights, decoded Tiny ImageNet): $VITKIT_CACHE, else
+    $XDG_CACHE_HOME/vitkit, else ~/.cache/vitkit."""
+    if os.environ.get("VITKIT_CACHE"):
+        return Path(os.environ["VITKIT_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "vitkit"
 
 

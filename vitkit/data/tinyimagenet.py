@@ -221,7 +221,7 @@ def _cache_path(src: _Source, split: str, files: list[str]) -> Path:
         for f in files:
             st = (src.where / f).stat()
             h.update(f"{st.st_size},{st.st_mtime_ns};".encode())
-    root = Path(os.environ.get("VITKIT_CACHE", cache_dir())).expanduser()
+    root = cache_dir()
     return root / "tiny-imagenet" / f"{split}-{h.hexdigest()[:16]}.npz"
 
 
