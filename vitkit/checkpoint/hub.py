@@ -137,7 +137,8 @@ _AUGREG = [  # (pre-trained file, fine-tuning suffix at 384 px, ImageNet top-1 o
 # -- BiT (google-research/big_transfer README): BiT-S on ILSVRC-2012, BiT-M on ImageNet-21k, and BiT-M fine-tuned on
 # ILSVRC-2012 ("-ILSVRC2012"; BiT-HyperRule fine-tunes ImageNet at 480 px). R152x2 was released later, BiT-M only.
 BIT_BUCKET = "https://storage.googleapis.com/bit_models/"
-_BIT_ARCHS = ("R50x1", "R101x1", "R50x3", "R101x3", "R152x4")
+_BIT_S = ("R50x1", "R101x1", "R50x3", "R101x3", "R152x4")
+_BIT_M = _BIT_S + ("R152x2",)
 _AUGREG_FILE = re.compile(r"^(?P<model>[A-Za-z0-9_]+?)-[A-Za-z0-9_.+-]+$")
 
 
@@ -158,10 +159,10 @@ def official() -> list[Pretrained]:
         ft = f"augreg/{f}--imagenet2012-{adapt}"
         out.append(Pretrained(ft, variant, "imagenet21k+imagenet2012", int(adapt.rsplit("_", 1)[1]),
                               IMAGENET_CLASSES, top1=top1, url=f"{BUCKET}{ft}.npz"))
-    for arch in _BIT_ARCHS + ("R152x2",):
-        if arch != "R152x2":
-            out.append(Pretrained(f"BiT-S-{arch}", f"BiT-{arch}", "imagenet2012", 224, IMAGENET_CLASSES,
-                                  url=f"{BIT_BUCKET}BiT-S-{arch}.npz"))
+    for arch in _BIT_S:
+        out.append(Pretrained(f"BiT-S-{arch}", f"BiT-{arch}", "imagenet2012", 224, IMAGENET_CLASSES,
+                              url=f"{BIT_BUCKET}BiT-S-{arch}.npz"))
+    for arch in _BIT_M:
         out.append(Pretrained(f"BiT-M-{arch}", f"BiT-{arch}", "imagenet21k", 224, IMAGENET21K_CLASSES,
                               url=f"{BIT_BUCKET}BiT-M-{arch}.npz"))
         out.append(Pretrained(f"BiT-M-{arch}-ILSVRC2012", f"BiT-{arch}", "imagenet21k+imagenet2012", 480,

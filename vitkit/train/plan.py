@@ -116,13 +116,13 @@ def checkpoint_size(spec) -> Optional[int]:
     """The input resolution of a checkpoint to fine-tune, for the plan's message, without loading or downloading
     it: a native checkpoint folder's config.json, or a pre-trained name's listing; None otherwise (the loop still
     uses the checkpoint's own resolution)."""
-    import json
-
     from ..checkpoint.hub import lookup
+    from ..checkpoint.io import read_config
+    from ..errors import UserError
 
     try:
-        return int(json.loads((Path(spec).expanduser() / "config.json").read_text())["model"]["image_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_config(Path(spec).expanduser())["model"]["image_size"])
+    except (UserError, OSError, KeyError, TypeError, ValueError):  # not a native folder: a file, a name, a URL
         pass
     entry = lookup(str(spec))
     return entry.image_size if entry is not None else None
