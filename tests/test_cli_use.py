@@ -128,3 +128,14 @@ def test_train_command_keeps_freed_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(vitkit.perf, "keep_freed_memory", lambda: calls.append("called") or True)
     assert cli.main(["train", *TINY, "--steps", "1", "--out", str(tmp_path / "run")]) == 0
     assert calls == ["called"]
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`vitkit models --pretrained | head -1`: the pipe closes after one line."""
+    p = subprocess.Popen([sys.executable, "-m", "vitkit", "models", "--pretrained"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    assert first.split()[0] == "name" and "Traceback" not in err and "BrokenPipe" not in err

@@ -117,7 +117,13 @@ def console() -> None:
     processes gives the cores to the threads that work (measurements: benchmarks/README.md). Set the variable
     yourself to override it."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `vitkit models | head`: the reader left; no traceback (Python docs, "SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not fail again
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":
