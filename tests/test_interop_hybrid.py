@@ -20,6 +20,21 @@ def test_param_counts(name, params):
     assert model.cfg.image_size == 224 and model.cfg.num_classes == 1000
 
 
+def test_small_image_hybrid_param_counts_by_hand():
+    """vitkit's 32 px hybrids: root block (7x7 StdConv 3->64, no bias; GroupNorm 64), 2x2 patches 64->192, then the
+    Mini (6 blocks) or Ti (12 blocks) Transformer of width 192, MLP 768, 16 + 1 tokens, 1000 classes."""
+    d, mlp, tokens = 192, 768, 4 * 4 + 1
+    root = 3 * 7 * 7 * 64 + 2 * 64
+    embed = 64 * 2 * 2 * d + d + d + tokens * d  # patch conv + bias, [class] token, position embeddings
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+    head = 2 * d + d * 1000 + 1000  # final LayerNorm, classifier
+    for name, depth in (("R+ViT-Mini/8", 6), ("R+ViT-Ti/8", 12)):
+        with torch.device("meta"):
+            model = create_model(name)
+        assert model.cfg.image_size == 32 and model.cfg.grid_size == 4
+        assert model.num_params() == root + embed + depth * block + head, name
+
+
 def test_variants_parse():
     assert variant_config("R50+ViT-B/16").resnet == {"layers": [3, 4, 9], "width": 1}
     assert variant_config("r50+vit-b_16").stem_stride == 16

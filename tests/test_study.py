@@ -150,6 +150,29 @@ def test_a_study_continues_from_its_results_json_alone(study, tmp_path, monkeypa
     assert json.loads((out / RESULTS).read_text()) == [rows[0], rows[2]]
 
 
+def test_identical_cells_are_reused_from_another_studys_results(study, tmp_path, monkeypatch):
+    """--reuse: a row of another study's results.json stands for the same cell here (e.g. the data-scale study's
+    100 % cells in the compute study) -- but only for the same run (cell name) on the same transfer sets."""
+    import dataclasses
+
+    sr, rows = study
+    other = tmp_path / "other.json"
+    foreign = {**rows[2], "cell": "some-other-run", "fewshot_per_transfer": {"transfer": rows[2]["fewshot"]}}
+    elsewhere = {**rows[1], "fewshot_per_transfer": {"another-set": rows[1]["fewshot"]}}
+    other.write_text(json.dumps([rows[0], elsewhere, foreign]))
+    moved = dataclasses.replace(sr, out=tmp_path / "out", cells_dir=tmp_path / "no-cells", reuse=[other])
+    ran = []
+
+    def fake_run(s, cell):
+        ran.append(cell)
+        return {**rows[GRID.cells.index(cell)], "seconds": -1.0}
+
+    monkeypatch.setattr(study_run, "run_cell", fake_run)
+    got = run_study(moved)
+    assert ran == [GRID.cells[1], GRID.cells[2]]  # cell 0 reused; cell 1 was measured on another transfer set
+    assert got[0] == rows[0] and "some-other-run" not in {r["cell"] for r in got}
+
+
 def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path):
     from vitkit.train.loop import train
 
@@ -206,6 +229,8 @@ def test_families_and_full_grids():
     full = GRIDS[("compute", False)]
     assert len({c.model for c in full.cells if c.family == "vit"}) >= 2
     assert len({c.model for c in full.cells if c.family == "resnet"}) >= 2
+    assert len({c.model for c in full.cells if c.family == "hybrid"}) >= 2
+    assert all(len({c.steps for c in full.cells if c.model == m}) == 2 for m in {c.model for c in full.cells})
 
 
 def test_figures_are_drawn(study):
@@ -228,6 +253,7 @@ def test_figures_are_drawn(study):
     (["study", "data-scale", "--quick", "--out", "X", "--seed", "-1"], "--seed"),
     (["study", "data-scale", "--quick", "--out", "X", "--transfer", "imagefolder:/nonexistent/t"], "nonexistent"),
     (["study", "sizes", "--out", "X"], "invalid choice"),
+    (["study", "compute", "--quick", "--out", "X", "--reuse", "/nonexistent/results.json"], "--reuse"),
 ])
 def test_bad_input_is_one_line_before_any_work(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

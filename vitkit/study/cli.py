@@ -37,6 +37,10 @@ class StudySettings:
                        negatable=False)
     cells: Optional[str] = flag(None, "where the cells' runs live (default: DIR/cells); share it between studies "
                                 "to reuse identical runs", metavar="DIR")
+    reuse: Optional[str] = flag(None, "another study's results.json (comma list): its rows of cells identical to "
+                                "this grid's (same run, same transfer sets) are taken instead of training them "
+                                "again, e.g. the data-scale study's 100 %% cells in the compute study",
+                                metavar="FILE")
     dataset: str = flag("tiny-imagenet", "pre-training dataset (default: tiny-imagenet)")
     data_dir: Optional[str] = flag(None, "where the datasets are (also the default transfer set: "
                                    f"DATA_DIR/{DEFAULT_TRANSFER})", metavar="DIR")
@@ -83,6 +87,10 @@ def run(args) -> int:
     check_writable(out, "--out", directory=True)
     cells = Path(s.cells).expanduser() if s.cells else out / "cells"
     check_writable(cells, "--cells", directory=True)
+    reuse = [Path(f).expanduser() for f in (s.reuse or "").split(",") if f.strip()]
+    for f in reuse:
+        if not f.is_file():
+            raise UserError(f"--reuse {f}: no such file (expected another study's results.json)")
     specs = transfer_specs(args)
     for spec in specs:  # before any training
         check_transfer(spec, s.data_dir)
@@ -90,7 +98,7 @@ def run(args) -> int:
     figure = {"data-scale": data_scale_figure, "compute": compute_figure, "mpp": mpp_figure}[args.study]
     png = out / f"{args.study}.png"
     sr = StudyRun(grid, out, cells, dataset=s.dataset, data_dir=s.data_dir,
-                  transfers=[Transfer(t, s.data_dir) for t in specs], seed=s.seed, device=s.device)
+                  transfers=[Transfer(t, s.data_dir) for t in specs], seed=s.seed, device=s.device, reuse=reuse)
     rows = run_study(sr, on_row=lambda rows: save(figure(rows), png))
     print(f"{args.study}: {len(rows)} cells; wrote {out / RESULTS} and {png}")
     for r in rows:

@@ -173,11 +173,13 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         "data-scale", _cells(["ViT-testing/4", "BiT-testing", "R+ViT-testing/8"], (0.1, 0.2), (30,)),
         image_size=32, batch_size=16, save_every=10, limit_test=500, draws=2, transfer_train=300,
         transfer_test=300),
-    # Two sizes per family and two training lengths each (the paper's 7 and 14 epochs); the 1000-step cells at 100 %
-    # are the data-scale study's own runs when both studies share --cells.
+    # Two sizes per family and two training lengths each, a factor 2 apart as the paper's 7 and 14 epochs; the
+    # 1000-step cells of the smaller sizes are the data-scale study's 100 % cells (the same runs: share --cells, or
+    # --reuse its results.json). The 500-step cells come first, so an interrupted study has a complete short line.
     ("compute", False): Grid(
-        "compute", _cells(["ViT-Mini/4", "ViT-Ti/4", "BiT-R14x1-S", "BiT-R26x1-S", "R+ViT-Mini/8"], (1.0,),
-                          (1000, 2000)),
+        "compute", _cells(["ViT-Mini/4", "ViT-Ti/4", "BiT-R14x1-S", "BiT-R26x1-S", "R+ViT-Mini/8", "R+ViT-Ti/8"],
+                          (1.0,), (500,)) +
+        _cells(["ViT-Mini/4", "ViT-Ti/4", "R+ViT-Mini/8", "R+ViT-Ti/8", "BiT-R14x1-S", "BiT-R26x1-S"], (1.0,), (1000,)),
         image_size=32, batch_size=128, limit_test=None),
     ("compute", True): Grid(
         "compute", _cells(["ViT-testing/4", "BiT-testing", "R+ViT-testing/8"], (1.0,), (15, 30)),

@@ -122,6 +122,7 @@ class StudyRun:
     transfers: list = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
+    reuse: list = field(default_factory=list)  # other studies' results.json files whose identical cells are taken
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     def cell_dir(self, cell: Cell) -> Path:
@@ -265,13 +266,27 @@ def recorded_rows(path: Path) -> dict:
     return {r["cell"]: r for r in rows if isinstance(r, dict) and "cell" in r and "pretrain_flops" in r}
 
 
+def reused_rows(sr: StudyRun) -> dict:
+    """The rows of `sr.reuse` (other studies' results.json) that stand for cells of this grid: the same cell
+    (its name hashes everything that defines the run) evaluated on the same transfer sets."""
+    names = {sr.cell_dir(c).name for c in sr.grid.cells}
+    transfers = sorted(t.name for t in sr.transfers)
+    out = {}
+    for path in sr.reuse:
+        for name, row in recorded_rows(Path(path)).items():
+            if name in names and sorted(row.get("fewshot_per_transfer") or {}) == transfers:
+                out[name] = row
+    return out
+
+
 def run_study(sr: StudyRun, on_row: Optional[Callable[[list], None]] = None) -> list:
     """Every cell of the grid, in order: finished ones read back, the others run; then, if the grid fine-tunes,
     its fine-tuning likewise. results.json is rewritten (and `on_row(rows)` called, e.g. to redraw the figures)
     after each cell, so an interrupted study leaves the rows of the cells it finished."""
     sr.out.mkdir(parents=True, exist_ok=True)
     sr.cells_dir.mkdir(parents=True, exist_ok=True)
-    recorded = recorded_rows(sr.out / RESULTS)
+    recorded = reused_rows(sr)
+    recorded.update(recorded_rows(sr.out / RESULTS))
     rows = []
     for i, cell in enumerate(sr.grid.cells):
         done = recorded.get(sr.cell_dir(cell).name)
