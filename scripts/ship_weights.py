@@ -42,10 +42,19 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
     skip = {"out", "resume", "progress", "dataset", "data_dir", "name",
             "momentum" if settings.get("optimizer") == "adamw" else "betas"}
     flags = {k: v for k, v in settings.items() if v not in (None, False) and k not in skip}
+    if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
+        stages = cfg.resnet.get("layers") or []
+        stem = "root block only" if not stages else f"root block + stages {stages}"
+        arch = (f"hybrid: a BiT-style ResNet stem ({stem}, stride {cfg.stem_stride // cfg.patch_size}) whose feature "
+                f"map is cut into {cfg.patch_size}x{cfg.patch_size} patches, one token per "
+                f"{cfg.stem_stride}x{cfg.stem_stride} pixels, then a ViT of {cfg.depth} blocks, width "
+                f"{cfg.hidden_size}, {cfg.num_heads} heads")
+    else:
+        arch = (f"ViT: {cfg.depth} blocks, width {cfg.hidden_size}, {cfg.num_heads} heads, "
+                f"{cfg.patch_size}x{cfg.patch_size} patches")
     return f"""# {name}
 
-A {cfg.name} (ViT: {cfg.depth} blocks, width {cfg.hidden_size}, {cfg.num_heads} heads, {cfg.patch_size}x{cfg.patch_size} \
-patches, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at {cfg.image_size} px: \
+A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at {cfg.image_size} px: \
 vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on small image sets (docs/transfer.md).
 
     import vitkit
