@@ -43,10 +43,10 @@ def test_shipped_model_loads_by_name_finite_with_a_card_that_matches(name):
 @pytest.mark.slow
 @pytest.mark.skipif(not (TIN / "tiny-imagenet-200" / "val" / "val_annotations.txt").is_file(),
                     reason="Tiny ImageNet not found beside the repository (shared/data)")
-def test_tiny_imagenet_model_reaches_its_shipped_top1_on_real_validation_images():
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.endswith("-tiny-imagenet")])
+def test_tiny_imagenet_model_reaches_its_shipped_top1_on_real_validation_images(name):
     from vitkit.runtime import load_split, to_model_input
 
-    name = "ViT-Mini_8-tiny-imagenet"
     loaded = vitkit.load(name)
     n = 2000
     images, labels, names = load_split("tiny-imagenet", "test", loaded.preprocess, TIN, limit=n, seed=0)
