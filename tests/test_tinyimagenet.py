@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -107,6 +108,22 @@ def test_zip_read_in_place_equals_the_folder(tmp_path, monkeypatch):
         b = load_dataset("tiny-imagenet", split, data_dir=tmp_path / "zipped")
         assert (a.images == b.images).all() and (a.labels == b.labels).all() and a.class_names == b.class_names
     assert not (tmp_path / "zipped" / tin.FOLDER).exists()  # nothing extracted
+
+
+def test_the_zip_is_hashed_once_per_process(tmp_path, monkeypatch):
+    """Loading both splits from the zip hashes its bytes once (it is 248 MB); a changed file is hashed again."""
+    z = _write_zip(tmp_path / tin.ZIP_NAME, _files())
+    monkeypatch.setattr(tin, "ZIP_BYTES", z.stat().st_size)
+    monkeypatch.setattr(tin, "ZIP_MD5", hashlib.md5(z.read_bytes()).hexdigest())
+    calls = []
+    real = tin.md5sum
+    monkeypatch.setattr(tin, "md5sum", lambda p: calls.append(p) or real(p))
+    for split in ("train", "test"):
+        tin.load_tiny_imagenet(split, data_dir=tmp_path, cache=False, verbose=False)
+    assert calls == [z]
+    os.utime(z, ns=(1, 1))  # touched: another file as far as anyone can tell without reading it
+    tin.load_tiny_imagenet("train", data_dir=tmp_path, cache=False, verbose=False)
+    assert calls == [z, z]
 
 
 def test_zip_of_the_wrong_size_is_refused(tmp_path):
