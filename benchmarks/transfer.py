@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SETS = {  # name -> folder, relative to --sets (or absolute)
+    "cifar10-100": "cifar10-100",  # 10 per class: the low end of "10-100 images per class"
     "cifar10-1k": "cifar10-1k",
     "cifar10-20k": str(SHARED / "data" / "cifar10-jpeg"),
     "hymenoptera": str(SHARED / "data" / "hymenoptera"),

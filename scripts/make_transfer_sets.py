@@ -5,6 +5,7 @@
 OUT/cifar10-1k       CIFAR-10 (JPEG copy in DATA/cifar10-jpeg): the first N train images per class, all 10,000 test
 OUT/mnist-1k         MNIST (official IDX files in DATA/mnist): the first N train images per class as PNG, all test
 OUT/fashion-mnist-1k Fashion-MNIST (official files, Debian's dataset-fashion-mnist): the same
+With --per-class 10 the same three at 10 per class (OUT/cifar10-100, ...: docs/transfer.md uses cifar10-100).
 hymenoptera and the full cifar10-jpeg folder are used as they are. "First N" is in file/IDX order, so the sets are
 the same on every machine. Files are copied (JPEG) or written (PNG) once; an existing OUT/<set> is left alone.
 """
