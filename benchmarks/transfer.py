@@ -34,6 +34,8 @@ SETS = {  # name -> folder, relative to --sets (or absolute)
     "fashion-mnist-1k": "fashion-mnist-1k",
 }
 GREY = {"mnist-1k", "fashion-mnist-1k"}
+# 10 images per class: fewshot holds some out to choose its regulariser, which leaves 5 for the probe
+SHOTS = {"cifar10-100": "5"}
 
 
 def run(cmd: list[str], log: Path) -> tuple[int, float, str]:
@@ -55,7 +57,7 @@ def row(kind: str, name: str, folder: Path, args, out: Path) -> dict:
         cmd = ["vitkit", "train", "--dataset", ds, "--init", args.init, "--out", str(out / f"run-{kind}-{name}"),
                "--json", "--no-progress"]
     elif kind == "fewshot":
-        cmd = ["vitkit", "fewshot", args.init, "--dataset", ds, "--shots", "5,10", "--baselines", "ridge",
+        cmd = ["vitkit", "fewshot", args.init, "--dataset", ds, "--shots", SHOTS.get(name, "5,10"), "--baselines", "ridge",
                "--out", str(out / f"fewshot-{name}.raw.json")]
     else:  # the two references of the acceptance checks
         cmd = [sys.executable, str(SHARED / "tools" / "baselines.py"), str(folder)] + (["--gray"] if name in GREY else [])

@@ -48,6 +48,20 @@ def test_given_flags_win():
     assert plan(given, recipe_batch=128, recipe_epochs=5, facts=facts) == ({}, [])
 
 
+def test_a_long_run_the_user_chose_is_not_evaluated_every_epoch():
+    """--steps 2400 on 100 images at batch 8 is 192 epochs: 4 evaluations, not 192 passes over the test split;
+    a normal number of epochs keeps the every-epoch default, and --eval-every given wins."""
+    facts = DataFacts(n_train=100, num_classes=10, grey=False, median_side=32)
+    changes, why = plan({"steps"}, recipe_batch=128, recipe_epochs=5, facts=facts, steps=2400)
+    assert changes["eval_every"] == 600 and "steps" not in changes and "evaluated every 600 steps" in why
+    changes, _ = plan({"epochs"}, recipe_batch=128, recipe_epochs=5, facts=facts, epochs=400)
+    assert changes["eval_every"] == 400 * 12 // 4
+    changes, _ = plan({"epochs"}, recipe_batch=128, recipe_epochs=5, facts=facts, epochs=30)
+    assert "eval_every" not in changes
+    changes, _ = plan({"steps", "eval_every"}, recipe_batch=128, recipe_epochs=5, facts=facts, steps=2400)
+    assert "eval_every" not in changes
+
+
 def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
     facts = DataFacts(n_train=5000, num_classes=10, grey=False, median_side=32)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True)

@@ -30,6 +30,7 @@ from typing import Optional
 MIN_STEPS = 1200  # optimizer steps for a small dataset, from scratch
 MIN_STEPS_FINETUNE = 600  # and fine-tuning a pre-trained model, which starts from features that already work
 EVALS = 4  # evaluations in a run of the minimum length (the last one at the end)
+MAX_EVALS = 50  # a run longer than this many epochs is evaluated EVALS times, not after every epoch
 MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
@@ -71,10 +72,12 @@ def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
-         checkpoint_size: Optional[int] = None) -> tuple[dict, list[str]]:
+         checkpoint_size: Optional[int] = None, steps: Optional[int] = None,
+         epochs: Optional[float] = None) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
     user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults;
-    checkpoint_size: the resolution of the checkpoint being fine-tuned, where known."""
+    checkpoint_size: the resolution of the checkpoint being fine-tuned, where known; steps/epochs: the values of
+    --steps/--epochs where the user gave them."""
     if facts.n_train == 0:
         return {}, []
     changes, why = {}, []
@@ -103,6 +106,14 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
             if "eval_every" not in given:  # every epoch would be dozens of passes over the test split
                 changes["eval_every"] = least // EVALS
                 why.append(f"evaluated every {least // EVALS} steps")
+    if "eval_every" not in given and "eval_every" not in changes:
+        # the user chose the length: evaluating after every epoch of a small set would be hundreds of passes over
+        # its (often much larger) test split
+        per_epoch = max(facts.n_train // batch, 1)
+        total = steps if "steps" in given and steps else math.ceil((epochs or recipe_epochs) * per_epoch)
+        if total // per_epoch > MAX_EVALS:
+            changes["eval_every"] = max(total // EVALS, 1)
+            why.append(f"evaluated every {changes['eval_every']} steps")
     if facts.grey and "flip" not in given:
         changes["flip"] = False
         why.append("no flips (greyscale images: characters?)")
@@ -135,7 +146,8 @@ def apply(s, given: set, recipe, say=None):
         return s
     facts = facts_of_folder(s.dataset.split(":", 1)[1])
     changes, why = plan(given, recipe.batch_size, recipe.epochs, facts, fine_tuning=bool(s.init),
-                        checkpoint_size=checkpoint_size(s.init) if s.init else None)
+                        checkpoint_size=checkpoint_size(s.init) if s.init else None,
+                        steps=s.steps if "steps" in given else None, epochs=s.epochs if "epochs" in given else None)
     if why and say is not None:
         say(f"vitkit train: {facts.n_train} images in {facts.num_classes} classes (median side "
             f"{facts.median_side} px{', greyscale' if facts.grey else ''}): chose {'; '.join(why)}; "
