@@ -68,8 +68,8 @@ vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on sm
   each epoch; the last one is shipped (no early stopping on the validation split).
 - Top-1 by epoch: {curve}.
 - Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not
-  counted) on 2 CPU cores (AMD EPYC, torch 2.13, bf16 autocast), split over several sessions and shared with other
-  work, so the time is an upper bound for an idle machine.
+  counted) on 2 CPU cores (AMD EPYC, torch 2.13, bf16 autocast), shared with other work, so the time is an upper
+  bound for an idle machine.
 
 ## Data
 Tiny ImageNet (cs231n, Stanford): 200 ImageNet classes at 64x64. The copy used had 250 of the 500 training images
