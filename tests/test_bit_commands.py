@@ -166,8 +166,11 @@ def test_fsdp_shards_bit_units(tmp_path):
     assert len(one) == 2 and one[0] != one[1]
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
     a, b = vitkit.load(tmp_path / "one" / "checkpoint"), vitkit.load(tmp_path / "fsdp" / "checkpoint")
+    # float32, and 2 ranks reduce gradients in another order than 1 process: AdamW's m / sqrt(v) turns that rounding
+    # into weight differences of up to ~1e-5 after 2 steps (1.17e-5 measured on one AMD EPYC machine, conv2 weights
+    # of magnitude 0.26). A sharding bug (a unit's gradients lost or counted twice) moves weights by ~lr = 1e-3.
     for (n, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=n)
+        torch.testing.assert_close(x, y, rtol=0, atol=5e-5, msg=n)
 
 
 def test_fine_tune_from_an_official_bit_npz(tmp_path):
