@@ -6,7 +6,8 @@
 # Seeded and resumable: run it again after an interruption and it continues exactly where the last checkpoint was
 # (every 200 steps). DATA defaults to ../shared/data (the folder holding tiny-imagenet-200/ or the official zip).
 # What it reached and what it cost: vitkit/weights/ViT-Mini_8-tiny-imagenet/MODEL_CARD.md (scripts/ship_weights.py
-# writes it from the finished run).
+# writes it from the finished run). The shipped hybrid, vitkit/weights/R+ViT-Mini_8-tiny-imagenet/ (37.65 %), is
+#   benchmarks/pretrain_tiny_imagenet.sh runs/tin-rvit-mini8-64 --model R+ViT-Mini/8
 set -euo pipefail
 OUT=${1:-runs/tiny-imagenet-vit-mini8-64}
 shift || true
