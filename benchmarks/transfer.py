@@ -57,8 +57,8 @@ def row(kind: str, name: str, folder: Path, args, out: Path) -> dict:
         cmd = ["vitkit", "train", "--dataset", ds, "--init", args.init, "--out", str(out / f"run-{kind}-{name}"),
                "--json", "--no-progress"]
     elif kind == "fewshot":
-        cmd = ["vitkit", "fewshot", args.init, "--dataset", ds, "--shots", SHOTS.get(name, "5,10"), "--baselines", "ridge",
-               "--out", str(out / f"fewshot-{name}.raw.json")]
+        cmd = ["vitkit", "fewshot", args.init, "--dataset", ds, "--shots", SHOTS.get(name, "5,10"),
+               "--baselines", "ridge", "--out", str(out / f"fewshot-{name}.raw.json")]
     else:  # the two references of the acceptance checks
         cmd = [sys.executable, str(SHARED / "tools" / "baselines.py"), str(folder)] + (["--gray"] if name in GREY else [])
     cmd += args.extra.get(kind, [])

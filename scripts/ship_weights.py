@@ -54,8 +54,8 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
                 f"{cfg.patch_size}x{cfg.patch_size} patches")
     return f"""# {name}
 
-A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at {cfg.image_size} px: \
-vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on small image sets (docs/transfer.md).
+A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at \
+{cfg.image_size} px: vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on small image sets (docs/transfer.md).
 
     import vitkit
     m = vitkit.load("{name}")

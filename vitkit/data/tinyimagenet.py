@@ -82,24 +82,18 @@ class _Source:
         return f"{self.where.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
-# zips whose md5 matched, by path -> (size, mtime_ns): a 248 MB file is hashed once per process, not once per split
-# (nor again right after a download, which fetch() has just checked)
-_VERIFIED: dict = {}
+# fingerprints (_Source.fingerprint: path, size, mtime) of zips whose md5 matched: a 248 MB file is hashed once per
+# process, not once per split (nor again right after a download, which fetch() has just checked)
+_VERIFIED: set = set()
 
 
-def _stamp(path: Path) -> tuple:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _verify_zip(path: Path) -> None:
-    key = Path(path).resolve()
-    if _VERIFIED.get(key) == _stamp(key):
+def _verify_zip(src: _Source) -> None:
+    if src.fingerprint() in _VERIFIED:
         return
-    got = md5sum(path)
+    got = md5sum(src.where)
     if got != ZIP_MD5:
-        raise UserError(f"{path}: checksum mismatch: expected md5 {ZIP_MD5} (the official {ZIP_NAME}), got {got}")
-    _VERIFIED[key] = _stamp(key)
+        raise UserError(f"{src.where}: checksum mismatch: expected md5 {ZIP_MD5} (the official {ZIP_NAME}), got {got}")
+    _VERIFIED.add(src.fingerprint())
 
 
 def find_source(data_dir=None, download: bool = False) -> _Source:
@@ -116,10 +110,10 @@ def find_source(data_dir=None, download: bool = False) -> _Source:
         print(f"vitkit: downloading Tiny ImageNet ({ZIP_BYTES / 1e6:.0f} MB) from {URL} to {dest}", file=sys.stderr)
         try:
             there = dest.is_file()
-            path = fetch(URL, dest, md5=ZIP_MD5, size=ZIP_BYTES)
+            src = _Source(fetch(URL, dest, md5=ZIP_MD5, size=ZIP_BYTES))
             if ZIP_MD5 and not there:  # fetch checked what it downloaded (a copy already there it returns as is)
-                _VERIFIED[Path(path).resolve()] = _stamp(Path(path))
-            return _Source(path)
+                _VERIFIED.add(src.fingerprint())
+            return src
         except DownloadError as e:
             if not e.connection:  # it arrived, but is not the official zip
                 raise
@@ -283,7 +277,7 @@ def load_tiny_imagenet(split: str = "train", data_dir=None, download: bool = Fal
             images = None
     if images is None:
         if src.zip is not None and ZIP_MD5:  # before decoding; the cache is keyed by size and time
-            _verify_zip(src.where)
+            _verify_zip(src)
         if verbose:
             print(f"vitkit: decoding {len(files):,} tiny-imagenet {split} images from {src.where} "
                   f"(once; cached as uint8 in {path.parent if path else 'memory'})", file=sys.stderr)

@@ -110,7 +110,7 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
         # the user chose the length: evaluating after every epoch of a small set would be hundreds of passes over
         # its (often much larger) test split
         per_epoch = max(facts.n_train // batch, 1)
-        total = steps if "steps" in given and steps else math.ceil((epochs or recipe_epochs) * per_epoch)
+        total = steps or math.ceil((epochs or recipe_epochs) * per_epoch)
         if total // per_epoch > MAX_EVALS:
             changes["eval_every"] = max(total // EVALS, 1)
             why.append(f"evaluated every {changes['eval_every']} steps")
