@@ -3,6 +3,7 @@ figures and the command's errors. Pre-training runs on the embedded Fashion-MNIS
 for a few steps; the transfer set is a small image folder made here (classes told apart by colour)."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,83 @@ def test_train_fraction_is_checked(bad):
 
     with pytest.raises(UserError, match="--train-fraction must be a number > 0 and <= 1"):
         check(TrainSettings(train_fraction=bad))
+
+
+def _fake_cells(monkeypatch, ran):
+    """run_cell replaced by one that records which cells it was asked to train (and writes their rows)."""
+    def fake(sr, cell):
+        ran.append(cell)
+        row = {"cell": sr.cell_dir(cell).name, "pretrain_flops": 0}
+        study_run.write_json_atomic(sr.cell_dir(cell) / ROW, row)
+        return row
+    monkeypatch.setattr(study_run, "run_cell", fake)
+
+
+def _holder(d):
+    """Another live process holding cell directory d's lock (taken by the lock code itself)."""
+    code = ("import sys, time; from pathlib import Path; from vitkit.study.run import try_lock; "
+            "assert try_lock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_cell_another_process_trains_is_left_for_last_then_taken_over(tmp_path, monkeypatch):
+    sr = StudyRun(GRID, tmp_path / "out", tmp_path / "cells", dataset="embedded", device="cpu", say=lambda line: None)
+    first = sr.cell_dir(GRID.cells[0])
+    proc = _holder(first)
+    try:
+        assert study_run.lock_holder(first) == proc.pid and not study_run.try_lock(first)
+        ran, waits = [], []
+
+        def wait(seconds):  # while the study waits for the first cell, its holder dies without finishing it
+            waits.append(seconds)
+            proc.kill()
+            proc.wait()
+        _fake_cells(monkeypatch, ran)
+        monkeypatch.setattr(study_run.time, "sleep", wait)
+        rows = run_study(sr)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ran == [GRID.cells[1], GRID.cells[2], GRID.cells[0]]  # the busy cell last, after one wait
+    assert waits == [study_run.POLL_SECONDS]
+    assert [r["cell"] for r in rows] == [sr.cell_dir(c).name for c in GRID.cells]  # rows in grid order
+    assert not any((sr.cell_dir(c) / study_run.LOCK).exists() for c in GRID.cells)  # every lock released
+
+
+def test_a_cell_another_process_finishes_is_read_back_not_trained(tmp_path, monkeypatch):
+    sr = StudyRun(GRID, tmp_path / "out", tmp_path / "cells", dataset="embedded", device="cpu", say=lambda line: None)
+    last = sr.cell_dir(GRID.cells[2])
+    proc = _holder(last)
+    theirs = {"cell": last.name, "pretrain_flops": 7}
+
+    def wait(seconds):  # the holder writes the cell's row and releases the lock
+        study_run.write_json_atomic(last / ROW, theirs)
+        proc.kill()
+        proc.wait()
+        study_run.unlock(last)
+    ran = []
+    _fake_cells(monkeypatch, ran)
+    monkeypatch.setattr(study_run.time, "sleep", wait)
+    try:
+        rows = run_study(sr)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert ran == list(GRID.cells[:2]) and rows[2] == theirs
+
+
+def test_a_stale_lock_is_replaced_at_once(tmp_path, monkeypatch):
+    sr = StudyRun(GRID, tmp_path / "out", tmp_path / "cells", dataset="embedded", device="cpu", say=lambda line: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d = sr.cell_dir(GRID.cells[0])
+    d.mkdir(parents=True)
+    (d / study_run.LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert study_run.lock_holder(d) is None
+    ran = []
+    _fake_cells(monkeypatch, ran)
+    monkeypatch.setattr(study_run.time, "sleep", lambda s: pytest.fail("waited for a dead process"))
+    run_study(sr)
+    assert ran == list(GRID.cells) and not (d / study_run.LOCK).exists()

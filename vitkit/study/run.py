@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -279,32 +280,112 @@ def reused_rows(sr: StudyRun) -> dict:
     return out
 
 
+LOCK = ".lock"
+POLL_SECONDS = 30.0  # how often a study waiting for a cell another process trains looks again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def lock_holder(d: Path) -> Optional[int]:
+    """The pid of the live process on this machine that holds cell `d`'s lock, or None (no lock, or a stale one:
+    its process is gone)."""
+    try:
+        owner = json.loads((d / LOCK).read_text())
+        pid, host = int(owner["pid"]), owner["host"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    if host != socket.gethostname():  # another machine's lock on a shared disk: trust it
+        return pid
+    return pid if _alive(pid) else None
+
+
+def try_lock(d: Path) -> bool:
+    """Take cell `d`'s lock (created exclusively: two processes cannot both get it), replacing a stale one. False
+    when a live process holds it."""
+    d.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(d / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if lock_holder(d) is not None:
+                return False
+            (d / LOCK).unlink(missing_ok=True)  # stale: its process died without releasing it
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        return True
+    return False
+
+
+def unlock(d: Path) -> None:
+    (d / LOCK).unlink(missing_ok=True)
+
+
 def run_study(sr: StudyRun, on_row: Optional[Callable[[list], None]] = None) -> list:
     """Every cell of the grid, in order: finished ones read back, the others run; then, if the grid fine-tunes,
     its fine-tuning likewise. results.json is rewritten (and `on_row(rows)` called, e.g. to redraw the figures)
-    after each cell, so an interrupted study leaves the rows of the cells it finished."""
+    after each cell, so an interrupted study leaves the rows of the cells it finished.
+
+    Two studies may share --cells and run at the same time: a cell is trained under a lock file in its directory,
+    and a cell another live process is training is left for last, then waited for (its row is read back) -- or
+    trained here if that process died meanwhile."""
     sr.out.mkdir(parents=True, exist_ok=True)
     sr.cells_dir.mkdir(parents=True, exist_ok=True)
     recorded = reused_rows(sr)
     recorded.update(recorded_rows(sr.out / RESULTS))
-    rows = []
-    for i, cell in enumerate(sr.grid.cells):
-        done = recorded.get(sr.cell_dir(cell).name)
-        if done is not None and (not sr.grid.finetune_steps or "finetune_top1" in done) \
-                and not (sr.cell_dir(cell) / ROW).exists():
-            # a finished row kept in DIR/results.json (e.g. committed) while the cell's run is gone: keep it
-            sr.say(f"vitkit study: cell {i + 1}/{len(sr.grid.cells)} recorded in {sr.out / RESULTS} ({done['cell']})")
-            row = done
-        else:
-            row = _cell_row(sr, cell, i)
-        rows.append(row)
+    cells = sr.grid.cells
+    rows: dict[int, dict] = {}
+
+    def record(i: int, row: dict) -> None:
+        rows[i] = row
+        ordered = [rows[k] for k in sorted(rows)]
         # the recorded rows not reached yet stay in the file, so an interrupted call loses none of them
-        seen = {r["cell"] for r in rows}
-        write_json_atomic(sr.out / RESULTS, rows + [r for k, r in recorded.items() if k not in seen])
+        seen = {r["cell"] for r in ordered}
+        write_json_atomic(sr.out / RESULTS, ordered + [r for k, r in recorded.items() if k not in seen])
         if on_row is not None:
-            on_row(rows)
-    write_json_atomic(sr.out / RESULTS, rows)  # the grid complete: rows of cells no longer in it are dropped
-    return rows
+            on_row(ordered)
+
+    def attempt(i: int, cell: Cell) -> bool:
+        d = sr.cell_dir(cell)
+        done = recorded.get(d.name)
+        if done is not None and (not sr.grid.finetune_steps or "finetune_top1" in done) and not (d / ROW).exists():
+            # a finished row kept in DIR/results.json (e.g. committed) while the cell's run is gone: keep it
+            sr.say(f"vitkit study: cell {i + 1}/{len(cells)} recorded in {sr.out / RESULTS} ({done['cell']})")
+            record(i, done)
+            return True
+        if not try_lock(d):
+            return False
+        try:
+            record(i, _cell_row(sr, cell, i))
+        finally:
+            unlock(d)
+        return True
+
+    busy = []
+    for i, cell in enumerate(cells):
+        if not attempt(i, cell):
+            sr.say(f"vitkit study: cell {i + 1}/{len(cells)} is being trained by process "
+                   f"{lock_holder(sr.cell_dir(cell))}; coming back to it after the others ({sr.cell_dir(cell)})")
+            busy.append(i)
+    for i in busy:
+        said = False
+        while not attempt(i, cells[i]):
+            if not said:
+                sr.say(f"vitkit study: waiting for cell {i + 1}/{len(cells)}, which process "
+                       f"{lock_holder(sr.cell_dir(cells[i]))} is training ({sr.cell_dir(cells[i])})")
+                said = True
+            time.sleep(POLL_SECONDS)
+    ordered = [rows[k] for k in sorted(rows)]
+    write_json_atomic(sr.out / RESULTS, ordered)  # the grid complete: rows of cells no longer in it are dropped
+    return ordered
 
 
 def _cell_row(sr: StudyRun, cell: Cell, i: int) -> dict:
