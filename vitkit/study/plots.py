@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 COLOR = {"vit": "tab:blue", "resnet": "tab:gray", "hybrid": "tab:orange"}
 MARKER = {"vit": "o", "resnet": "s", "hybrid": "^"}
@@ -48,6 +49,7 @@ def _style(ax, title: str, xlabel: str, log_x: bool = True, grid_axis: str = "bo
     """What every panel shares: labels, title, grid (and the log x axis of the scaling plots)."""
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels (2e13, 3e13, ...) run into each other
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Accuracy [%]")
     ax.set_title(title, fontsize=10)
@@ -74,16 +76,26 @@ def data_scale_figure(rows) -> Figure:
 
 
 def compute_figure(rows) -> Figure:
-    """Fig. 5: transfer accuracy (%) against total pre-training FLOPs (log scale), one marker per run."""
+    """Fig. 5: transfer accuracy (%) against total pre-training FLOPs (log scale), one marker per run (marker and
+    colour = family); the runs of one model (its training lengths) joined by a thin line and named at the last."""
     panels = _panels(rows)
     fig, axes = _figure(len(panels))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     for ax, (title, key) in zip(axes, panels):
-        for fam in COLOR:
-            pts = [(r["pretrain_flops"], _value(r, key)) for r in rows if r["family"] == fam]
-            pts = [p for p in pts if p[1] is not None]
-            if pts:
-                ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], marker=MARKER[fam], color=COLOR[fam],
-                           label=LABEL[fam])
+        labelled = set()
+        for m in models:
+            pts = sorted((r["pretrain_flops"], _value(r, key), r["family"]) for r in rows
+                         if r["model"] == m and _value(r, key) is not None)
+            if not pts:
+                continue
+            fam = pts[0][2]
+            xs, ys = [p[0] for p in pts], [100 * p[1] for p in pts]
+            ax.plot(xs, ys, color=COLOR.get(fam), alpha=0.5, linewidth=0.8)
+            ax.scatter(xs, ys, marker=MARKER.get(fam, "o"), color=COLOR.get(fam),
+                       label=None if fam in labelled else LABEL.get(fam, fam))
+            labelled.add(fam)
+            ax.annotate(m, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 2), fontsize=6,
+                        color=COLOR.get(fam))
         _style(ax, title, "Total pre-training compute [FLOPs]")
     axes[0].legend(fontsize=8)
     return fig
