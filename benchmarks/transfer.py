@@ -62,10 +62,17 @@ def row(kind: str, name: str, folder: Path, args, out: Path) -> dict:
     else:  # the two references of the acceptance checks
         cmd = [sys.executable, str(SHARED / "tools" / "baselines.py"), str(folder)] + (["--gray"] if name in GREY else [])
     cmd += args.extra.get(kind, [])
+    # a training run interrupted in an earlier call continues from its checkpoint (exact); its wall time is then
+    # that of the continuation only, and the row says so
+    resumed = kind in ("scratch", "finetune") and (out / f"run-{kind}-{name}" / "checkpoint" / "train_state.pt").exists()
+    if resumed:
+        cmd.append("--resume")
     rc, wall, stdout = run(cmd, log)
     if rc != 0:
         raise SystemExit(f"transfer: {kind} on {name} failed (exit {rc}); see {log}")
     r = {"kind": kind, "set": name, "command": " ".join(cmd), "wall_s": wall}
+    if resumed:
+        r["resumed"] = True  # wall_s: the continued part only
     if kind in ("scratch", "finetune"):
         res = json.loads(stdout.strip().splitlines()[-1])
         r.update(top1=res["top1"], steps=res["steps"], model=res["model"])
