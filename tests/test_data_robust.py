@@ -232,3 +232,29 @@ def test_tiny_imagenet_decode_gives_rgb_for_every_mode():
         x = decode(data, name)
         assert x.shape == (3, 64, 64) and x.dtype == np.uint8, name
         assert np.abs(x[:, 30, 30].astype(int) - rgb).max() <= 3, (name, x[:, 30, 30])
+
+
+# ------------------------------------------------------------------------------------ decoded-image cache
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_small_split_is_decoded_once_to_the_same_pixels(tmp_path, workers):
+    folder(tmp_path, {f"{c}/{i}.png": noise(30 + i, 40, seed=10 * k + i) for k, c in enumerate("abc")
+                      for i in range(5)})
+    cached = ImageFolderDataset(tmp_path, "train", image_size=12, channels=3)
+    plain = ImageFolderDataset(tmp_path, "train", image_size=12, channels=3)
+    plain.cache_bytes = 0  # decoded every time, as a split too large for memory is
+    assert cached.cacheable and not plain.cacheable
+    order = torch.randperm(15, generator=torch.Generator().manual_seed(0))
+    first = list(iterate_batches(cached, order, 4, num_workers=workers))
+    reference = list(iterate_batches(plain, order, 4, num_workers=workers))
+    assert len(first) == len(reference) == 4
+    for (x, y), (xr, yr) in zip(first, reference):
+        assert x.dtype == torch.uint8 and torch.equal(x, xr) and torch.equal(y, yr)
+    for p in (tmp_path / "train").rglob("*.png"):  # nothing is read from disk again
+        p.unlink()
+    again = list(iterate_batches(cached, order.flip(0), 4, num_workers=workers))
+    assert torch.equal(torch.cat([x for x, _ in again]), torch.cat([x for x, _ in first]).flip(0))
+    assert torch.equal(cached[3][0], torch.cat([x for x, _ in first])[order.tolist().index(3)])  # dataset[i] too
+    with pytest.raises(UserError, match="cannot decode"):  # the uncached one still reads the (now gone) files
+        list(iterate_batches(plain, order, 4, num_workers=0))
