@@ -33,15 +33,41 @@ def read_metrics(path: Path) -> tuple[list, list]:
     return steps, evals
 
 
-def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str) -> str:
+def step_seconds(steps: list, settings: dict) -> float:
+    batch = settings.get("batch_size")
+    return sum(batch / r["img_per_s"] for r in steps if r.get("img_per_s")) if batch else 0.0
+
+
+def recipe_line(settings: dict) -> str:
+    skip = {"out", "resume", "progress", "dataset", "data_dir", "name", "init",
+            "momentum" if settings.get("optimizer") == "adamw" else "betas"}
+    if settings.get("init"):  # the architecture is the initial checkpoint's
+        skip |= {"model", "gelu", "classifier", "pos_embed"}
+    flags = {k: v for k, v in settings.items() if v is not None and v is not False and k not in skip}
+    return f"recipe {settings.get('name')}, then {', '.join(f'{k}={v}' for k, v in flags.items())}"
+
+
+def curve(evals: list) -> str:
+    return ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
+
+
+def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str,
+         first: dict | None = None) -> str:
+    """first: the first cycle of a two-cycle run (keys run, steps, evals, settings, command), or None."""
     last = evals[-1]
     cfg = loaded.config
-    batch = settings.get("batch_size")
-    seconds = sum(batch / r["img_per_s"] for r in steps if r.get("img_per_s")) if batch else None
-    curve = ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
-    skip = {"out", "resume", "progress", "dataset", "data_dir", "name",
-            "momentum" if settings.get("optimizer") == "adamw" else "betas"}
-    flags = {k: v for k, v in settings.items() if v not in (None, False) and k not in skip}
+    seconds = step_seconds(steps, settings) + (step_seconds(first["steps"], first["settings"]) if first else 0)
+    recipe, curves = recipe_line(settings), curve(evals)
+    reproduce = f"    {command}\n    python scripts/ship_weights.py {run} {name} --overwrite"
+    if first:
+        f_last = first["evals"][-1]
+        recipe = (f"Two cosine cycles (a warm restart). First cycle, {f_last['epoch']:g} epochs from a random "
+                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): {recipe_line(first['settings'])}.\n\n"
+                  f"Second cycle, {last['epoch']:g} epochs from the first cycle's weights, with a fresh optimizer: "
+                  f"{recipe}.")
+        curves = f"first cycle {curve(first['evals'])}; second cycle {curves}"
+        reproduce = (f"    {first['command']}\n    {command}\n    python scripts/ship_weights.py {run} {name} "
+                     f"--first {first['run']} --overwrite")
     if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
         stages = cfg.resnet.get("layers") or []
         stem = "root block only" if not stages else f"root block + stages {stages}"
@@ -54,7 +80,7 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
                 f"{cfg.patch_size}x{cfg.patch_size} patches")
     return f"""# {name}
 
-A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from scratch on {dataset} at \
+A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from a random initialisation on {dataset} at \
 {cfg.image_size} px: vitkit's own pre-trained model, made on 2 CPU cores, to fine-tune or probe on small image sets (docs/transfer.md).
 
     import vitkit
@@ -66,7 +92,7 @@ A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from scr
 - **{dataset} validation top-1 {100 * last['top1']:.2f} %** (top-5 {100 * last['top5']:.2f} %) on the 10,000 official
   validation images, after {last['step']:,} optimizer steps ({last['epoch']:g} epochs), evaluated once at the end of
   each epoch; the last one is shipped (no early stopping on the validation split).
-- Top-1 by epoch: {curve}.
+- Top-1 by epoch: {curves}.
 - Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not
   counted) on 2 CPU cores (AMD EPYC, torch 2.13, bf16 autocast), shared with other work, so the time is an upper
   bound for an idle machine.
@@ -79,13 +105,12 @@ research and education only (ImageNet terms of access); these weights are derive
 restriction.
 
 ## Recipe
-recipe {settings.get('name')}, then {', '.join(f'{k}={v}' for k, v in flags.items())}
+{recipe}
 
 (see `vitkit train --help`; the pad-crop is a shift of up to 1/8 of the image, RandAugment is N ops at magnitude M.)
 
 ## Reproduce
-    {command}
-    python scripts/ship_weights.py {run} {name} --overwrite
+{reproduce}
 
 The run is seeded (seed {settings.get('seed')}: initialisation, data order, augmentation) and resumable exactly: an
 interrupted run continued with `--resume` gives the same weights as an uninterrupted one (tests/test_resume.py).
@@ -99,6 +124,10 @@ def main() -> int:
     p.add_argument("name", help="folder name under vitkit/weights/ (the name users load)")
     p.add_argument("--dataset", default="tiny-imagenet")
     p.add_argument("--command", default="benchmarks/pretrain_tiny_imagenet.sh", help="what reproduces the run")
+    p.add_argument("--first", type=Path, help="the first cycle's run, when RUN continued it (--init) with a "
+                   "second one (benchmarks/pretrain_tiny_imagenet_restart.sh)")
+    p.add_argument("--first-command", default="benchmarks/pretrain_tiny_imagenet.sh",
+                   help="what reproduces the first cycle")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     dest = WEIGHTS / a.name
@@ -112,9 +141,15 @@ def main() -> int:
         return 2
     loaded = load(ckpt)  # refuses non-finite weights
     settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
+    first = None
+    if a.first is not None:
+        f_steps, f_evals = read_metrics(a.first / "metrics.jsonl")
+        f_settings = (load_train_state(a.first / "checkpoint") or {}).get("settings", {})
+        first = {"run": a.first, "steps": f_steps, "evals": f_evals, "settings": f_settings,
+                 "command": a.first_command}
     top1 = round(100 * float(evals[-1]["top1"]), 2)  # percent, as the registry gives the published figures
     save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
-    (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset))
+    (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset, first))
     total = sum(f.stat().st_size for f in WEIGHTS.rglob("*.safetensors")) / 2 ** 20
     print(f"shipped {dest}: top-1 {top1:.2f} %; all shipped weights {total:.1f} MB (limit {LIMIT_MB} MB)")
     return 0 if total <= LIMIT_MB else 1
