@@ -335,10 +335,14 @@ def decode_throughput(spec: str, image_size: int = 224, channels: int = 3, batch
     """Images/s of JPEG decoding + resizing into uint8 batches, for each worker count: median of `repeats` epochs
     after one warm-up epoch (worker start-up excluded: the data path keeps its workers across epochs). Goes
     through vitkit.data.datasets.load_dataset + iterate_batches (the training data path) when available, else a
-    plain PIL + DataLoader path over an image directory (reported as such in "source")."""
+    plain PIL + DataLoader path over an image directory (reported as such in "source"). The decoded-image cache of
+    small image folders is turned off here, so every epoch decodes: what training pays in its first epoch (and in
+    every epoch for splits too large to cache)."""
     try:
         from ..data.datasets import iterate_batches, load_dataset
         ds = load_dataset(spec, split, image_size=image_size, channels=channels)
+        if hasattr(ds, "cache_bytes"):
+            ds.cache_bytes = 0
         source = "vitkit.data.datasets"
 
         def epoch(w):
