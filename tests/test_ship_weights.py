@@ -1,0 +1,54 @@
+"""scripts/ship_weights.py: a finished run becomes a shipped model (weights + config with its top-1 + model card),
+including a run that continued another one (a second cosine cycle, --first)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from vitkit import cli
+from vitkit.checkpoint.io import load
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--batch-size", "32", "--limit-train", "128", "--limit-test", "64", "--precision", "fp32", "--no-progress",
+        "--warmup-steps", "1", "--eval-every", "2"]
+
+
+def _script(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("ship_weights", ROOT / "scripts" / "ship_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "WEIGHTS", tmp_path / "weights")
+    return mod
+
+
+def _evals(run: Path) -> list:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "top1" in r]
+
+
+def test_a_two_cycle_run_ships_with_both_cycles_on_its_card(tmp_path, monkeypatch, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli.main(["train", "--model", "ViT-testing/4", *TINY, "--steps", "4", "--out", str(first)]) == 0
+    assert cli.main(["train", "--init", str(first / "checkpoint"), *TINY, "--steps", "2", "--lr", "5e-4",
+                     "--seed", "1", "--out", str(second)]) == 0
+    mod = _script(tmp_path, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(second), "Tiny-two-cycles", "--first", str(first),
+                                      "--command", "second.sh", "--first-command", "first.sh", "--dataset", "x"])
+    assert mod.main() == 0
+    dest = tmp_path / "weights" / "Tiny-two-cycles"
+    shipped, trained = load(dest), load(second / "checkpoint")
+    for k, v in trained.model.state_dict().items():
+        assert torch.equal(shipped.model.state_dict()[k], v), k
+    last, first_last = _evals(second)[-1], _evals(first)[-1]
+    assert json.loads((dest / "config.json").read_text())["top1"] == round(100 * last["top1"], 2)
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert f"validation top-1 {100 * last['top1']:.2f} %" in card
+    assert f"({100 * first_last['top1']:.2f} % at its end)" in card
+    assert "first cycle " in card and "; second cycle " in card
+    assert "    first.sh\n    second.sh\n" in card and f"--first {first} --overwrite" in card
+    assert "lr=0.0005" in card and "seed=1" in card and "seed=0" in card  # both cycles' recipes, seed 0 kept
+    assert "model=ViT-Mini/7" not in card  # the second cycle's architecture is the first's, not the recipe default
+    # an existing name is kept unless --overwrite
+    assert mod.main() == 2 and "exists; --overwrite replaces it" in capsys.readouterr().err
