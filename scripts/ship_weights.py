@@ -125,7 +125,7 @@ def main() -> int:
     p.add_argument("--dataset", default="tiny-imagenet")
     p.add_argument("--command", default="benchmarks/pretrain_tiny_imagenet.sh", help="what reproduces the run")
     p.add_argument("--first", type=Path, help="the first cycle's run, when RUN continued it (--init) with a "
-                   "second one (benchmarks/pretrain_tiny_imagenet_restart.sh)")
+                   "second one (FIRST=RUN benchmarks/pretrain_tiny_imagenet.sh)")
     p.add_argument("--first-command", default="benchmarks/pretrain_tiny_imagenet.sh",
                    help="what reproduces the first cycle")
     p.add_argument("--overwrite", action="store_true")
