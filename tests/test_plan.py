@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.train.plan import MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL, DataFacts, facts_of_folder, plan
+from vitkit.train.plan import (FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL, DataFacts,
+                               facts_of_folder, plan)
 
 
 def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
@@ -73,6 +74,16 @@ def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
     big = DataFacts(n_train=20000, num_classes=10, grey=False, median_side=32)
     changes, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=big, fine_tuning=True)
     assert "steps" not in changes  # 1560 steps: the recipe's epochs are enough
+
+
+def test_randaugment_only_fine_tuning_on_colour_images():
+    photos = DataFacts(n_train=500, num_classes=10, grey=False, median_side=300)
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=photos, fine_tuning=True)
+    assert changes["randaugment"] == FINETUNE_RANDAUGMENT == (2, 5.0) and "RandAugment 2,5 (fine-tuning" in "; ".join(why)
+    assert "randaugment" not in plan(set(), 128, 5, photos)[0]  # from scratch: off
+    grey = DataFacts(n_train=500, num_classes=10, grey=True, median_side=28)
+    assert "randaugment" not in plan(set(), 128, 10, grey, fine_tuning=True)[0]
+    assert "randaugment" not in plan({"randaugment"}, 128, 10, photos, fine_tuning=True)[0]  # given wins
 
 
 def test_only_image_folders_are_planned_and_a_resumed_run_keeps_its_settings(tmp_path):

@@ -13,7 +13,9 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   fine-tuning), as a number of steps rather than epochs, and a batch no larger than an eighth of the training set
   so that an epoch is several steps;
 * augmentation: horizontal flips only for colour photos (a mirrored character is another character, or none),
-  pad-and-crop shifts for everything.
+  pad-and-crop shifts for everything, and, fine-tuning on colour photos, RandAugment(2, 5) (`FINETUNE_RANDAUGMENT`,
+  the shipped models' pre-training augmentation): it gained 2-3 points fine-tuning on each photo set tried, and lost
+  2.3 training from scratch on 10 images per class, so from scratch it stays off (docs/transfer.md).
 
 `plan()` is a pure function of the given settings and the facts, and returns the changes with one reason each;
 `vitkit train` prints them in its first line. docs/transfer.md has the measurements behind the numbers here.
@@ -34,6 +36,7 @@ MAX_EVALS = 50  # a run longer than this many epochs is evaluated EVALS times, n
 MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
+FINETUNE_RANDAUGMENT = (2, 5.0)  # N ops at magnitude M, fine-tuning on colour images
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
     if "crop" not in given:
         changes["crop"] = "pad"
         why.append("pad-and-crop shifts")
+    if fine_tuning and not facts.grey and "randaugment" not in given:
+        changes["randaugment"] = FINETUNE_RANDAUGMENT
+        n, m = FINETUNE_RANDAUGMENT
+        why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images)")
     return changes, why
 
 
