@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from vitkit.data.datasets import load_dataset
+from vitkit.errors import UserError
 
 
 def cifar(src: Path, dst: Path, per_class: int) -> None:
@@ -70,7 +71,12 @@ def main() -> int:
             continue
         tmp = a.out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        job(tmp)
+        try:
+            job(tmp)
+        except UserError as e:  # a missing dataset: one line, not a traceback
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"make_transfer_sets: error: {e}", file=sys.stderr)
+            return 2
         tmp.rename(dst)
         print(f"{dst}: written")
     return 0

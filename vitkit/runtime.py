@@ -1,6 +1,8 @@
 """Running a model: the one home of what eval, predict, analyze, export, bench and train share at run time.
 
     resolve_device(name)                  -> torch.device ("auto": CUDA if available, else CPU)
+    native_bf16(device)                   -> whether `device` computes bf16 natively (else bf16 is emulated, slowly)
+    resolve_precision(precision, device)  -> "auto" made "bf16" or "fp32" for `device`
     autocast(device, precision)           -> bf16 autocast context, or a no-op for fp32
     unwrap(model)                         -> the ViT inside DDP / FSDP / torch.compile wrappers
     default_preprocess(cfg)               -> the Preprocess of a model that came without one ([-1, 1] pixels)
@@ -27,7 +29,7 @@ from .config import ViTConfig
 from .data.preprocess import Preprocess
 from .errors import UserError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -48,8 +50,30 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` has bf16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere (an AVX2-only CPU) oneDNN emulates bf16 matmuls, and a bf16 training step measured 24x slower
+    than fp32 (benchmarks/README.md, "bf16 on a CPU without bf16 instructions")."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the hardware computes it natively (native_bf16), else "fp32"; others unchanged."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on `device` for "bf16", nothing for "fp32"."""
+    """bf16 autocast on `device` for "bf16" (and for "auto" where it is native), nothing for "fp32"."""
+    precision = resolve_precision(precision, device)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision == "fp32":

@@ -41,7 +41,7 @@ import torch
 
 from ..errors import UserError
 from ..flags import Number, check, device, flag, option, resumable
-from ..runtime import autocast, to_channels  # noqa: F401 (re-exported: vitkit.train.loop.to_channels)
+from ..runtime import autocast, resolve_precision, to_channels  # noqa: F401 (to_channels re-exported)
 from . import distributed as D
 from .objectives import get_objective
 from .optim import build_optimizer, build_scheduler
@@ -744,6 +744,8 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
                             f"give one")
     get_objective(s.objective).check(s)
     info = D.setup(s.device)
+    # "auto" becomes what this machine computes fast; the run saves (and a resume keeps) the concrete value
+    s = s.replace(precision=resolve_precision(s.precision, info.device))
     try:
         run = setup(s, info)
         data = load_data(s, run.init_model)

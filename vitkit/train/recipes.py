@@ -3,8 +3,9 @@ the same name (``--weight-decay`` sets ``weight_decay``, ...); the loop (loop.py
 
 * ``default``  -- what ``vitkit train`` with no arguments runs: ViT-Mini/7 on the embedded 30k/2k Fashion-MNIST
   subset, AdamW (lr 1e-3, wd 0.05) + 1 warmup epoch + cosine, batch 128, 5 epochs, flips, label smoothing 0.1,
-  bf16 autocast, explicit attention on CPU: a few minutes on a laptop CPU. Why these values (the variants tried,
-  and their accuracies) is in benchmarks/README.md, "The default recipe: what decided it".
+  bf16 autocast where the hardware has bf16 (fp32 elsewhere), explicit attention on CPU: a few minutes on a laptop
+  CPU. Why these values (the variants tried, and their accuracies) is in benchmarks/README.md, "The default recipe:
+  what decided it".
 * ``pretrain`` -- paper section 4.1 / Table 3 (upstream training): Adam with beta1 0.9, beta2 0.999, weight decay
   0.1, linear warmup then linear decay. The paper's "high weight decay" is applied *decoupled* from the gradient,
   AdamW-style (torch.optim.AdamW: ``p -= lr * wd * p`` each step, as big_vision does it); it is not an L2 term
@@ -93,7 +94,9 @@ class Recipe:
     crop_pad: Optional[int] = flag(None, "padding for --crop pad (default: image size / 8)", type=Number(int, min=0),
                                    group=REG)
     flip: bool = flag(True, "horizontal flips, where the dataset allows them (not for digits)", group=REG)
-    precision: str = flag("bf16", "bf16 autocast (default) or fp32", choices=("fp32", "bf16"), group="execution")
+    precision: str = flag("auto", "bf16 autocast, fp32, or auto (default): bf16 where the hardware has it (CUDA, "
+                          "CPUs with AVX512-BF16 or AMX), else fp32", choices=("auto", "fp32", "bf16"),
+                          group="execution")
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
