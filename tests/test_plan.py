@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.train.plan import (FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL, DataFacts,
-                               facts_of_folder, plan)
+from vitkit.train.plan import (BUDGET_MIN_BATCH, FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL,
+                               DataFacts, facts_of_folder, fit_budget, plan)
 
 
 def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
@@ -113,3 +113,46 @@ def test_checkpoint_size_from_a_folder_or_a_name_without_loading(tmp_path):
     assert checkpoint_size("imagenet21k/ViT-B_16") == 224  # listed, not downloaded
     assert checkpoint_size("ViT-Mini_8-tiny-imagenet") == 64  # shipped
     assert checkpoint_size(tmp_path / "nothing-here.npz") is None
+
+
+def test_time_budget_halves_the_batch_then_cuts_the_steps():
+    """At 10 ms per image, 1200 steps of 128 are 1,536 s: over a 360 s budget the batch goes to 32 (384 s, still
+    over), then the steps to 1,125 (360 s). A run that fits is not touched; the steps never go below a quarter of
+    the minimum; a given batch is kept."""
+    facts = DataFacts(n_train=10200, num_classes=102, grey=False, median_side=375)
+    free, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
+    assert "batch_size" not in free and free["steps"] == MIN_STEPS  # the recipe's 128
+    fits, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1e-3, budget_s=360)
+    assert fits == free  # 154 s: nothing to change
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.01, budget_s=360)
+    assert changes["batch_size"] == BUDGET_MIN_BATCH == 32 and changes["steps"] == 1125
+    assert changes["eval_every"] == 1125 // 4
+    assert any("to fit --time-budget 6 min (1200 steps of 128 would take ~26 min" in w for w in why)
+    assert not any(w.startswith("batch ") for w in why)  # the replaced reason is gone: one reason per change
+    slow, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1.0, budget_s=360)
+    assert slow["steps"] == MIN_STEPS // 4 and slow["batch_size"] == 32
+    given, _ = plan({"batch_size"}, recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.005,
+                    budget_s=360)
+    assert "batch_size" not in given and given["steps"] == int(360 / (128 * 0.005)) == 562
+    # fine-tuning a large folder: the recipe's epochs are the default length, and the budget applies to it too
+    ft, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True, seconds_per_image=0.01,
+                 budget_s=360)
+    assert ft["batch_size"] == 32 and ft["steps"] == 790 and 790 * 32 * 0.01 <= 360
+    assert fit_budget(790, 128, 0.01, 360, 150) == (790, 32)
+
+
+def test_the_budget_is_measured_on_this_machine_and_said(tmp_path):
+    """apply() times the planned model before the run; a budget of 0.06 s cannot fit 1200 steps anywhere, so the
+    steps go to the floor and the line says what the measurement was."""
+    from vitkit.train.loop import TrainSettings
+    from vitkit.train.plan import apply
+    from vitkit.train.recipes import get_recipe
+
+    root = _folder(tmp_path / "p", "RGB", 100, per_class=40)
+    lines = []
+    s = TrainSettings(dataset=f"imagefolder:{root}", time_budget=0.001, precision="fp32")
+    out = apply(s, {"dataset", "time_budget", "precision"}, get_recipe("default"), say=lines.append)
+    assert out.steps == MIN_STEPS // 4 and out.batch_size == 8  # 80 images: an eighth is 10 -> 8 (below 32: kept)
+    assert "to fit --time-budget 0.001 min" in lines[0] and "ms per training image" in lines[0]
+    off = apply(s.replace(time_budget=0), {"dataset", "time_budget", "precision"}, get_recipe("default"))
+    assert off.steps == MIN_STEPS

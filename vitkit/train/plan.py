@@ -15,9 +15,16 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
 * augmentation: horizontal flips only for colour photos (a mirrored character is another character, or none),
   pad-and-crop shifts for everything, and, fine-tuning on colour photos, RandAugment(2, 5) (`FINETUNE_RANDAUGMENT`,
   the shipped models' pre-training augmentation): it gained 2-3 points fine-tuning on each photo set tried, and lost
-  2.3 training from scratch on 10 images per class, so from scratch it stays off (docs/transfer.md).
+  2.3 training from scratch on 10 images per class, so from scratch it stays off (docs/transfer.md);
+* time: the planned steps should fit `--time-budget` minutes on the machine at hand (default 6: with decoding and
+  evaluations a default run stays under 10 minutes). Machines differ by 3x and more (a CPU without bf16
+  instructions, fewer cores), so before the run `apply` times two training steps of the planned model on random
+  images (`seconds_per_image`); where the plan would not fit, the batch is halved (down to `BUDGET_MIN_BATCH`),
+  then the steps are cut (to no fewer than a quarter of the minimum), and the first line says so with the
+  estimate. Given --steps, --epochs or --batch-size are never changed.
 
-`plan()` is a pure function of the given settings and the facts, and returns the changes with one reason each;
+`plan()` is a pure function of the given settings, the facts and the measured step cost, and returns the changes
+with one reason each;
 `vitkit train` prints them in its first line. docs/transfer.md has the measurements behind the numbers here.
 """
 
@@ -37,6 +44,7 @@ MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
 FINETUNE_RANDAUGMENT = (2, 5.0)  # N ops at magnitude M, fine-tuning on colour images
+BUDGET_MIN_BATCH = 32  # the time budget halves a planned batch down to this, then cuts steps
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,29 @@ def facts_of_folder(root, sample: int = 200, seed: int = 0) -> DataFacts:
     return DataFacts(len(paths), len(classes), grey and bool(sides), sides[len(sides) // 2] if sides else None)
 
 
+def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float, min_steps: int,
+               batch_fixed: bool = False) -> tuple[int, int]:
+    """(steps, batch) whose training time, at `seconds_per_image`, fits `budget_s`: the batch halved first (not
+    below BUDGET_MIN_BATCH, not at all if `batch_fixed`), then the steps cut (not below `min_steps`)."""
+    def cost(st, b):
+        return st * b * seconds_per_image
+
+    while not batch_fixed and batch > BUDGET_MIN_BATCH and cost(steps, batch) > budget_s:
+        batch = max(BUDGET_MIN_BATCH, batch // 2)
+    if cost(steps, batch) > budget_s:
+        steps = max(min_steps, int(budget_s / (batch * seconds_per_image)))
+    return steps, batch
+
+
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
          checkpoint_size: Optional[int] = None, steps: Optional[int] = None,
-         epochs: Optional[float] = None) -> tuple[dict, list[str]]:
+         epochs: Optional[float] = None, seconds_per_image: Optional[float] = None,
+         budget_s: Optional[float] = None) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
     user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults;
     checkpoint_size: the resolution of the checkpoint being fine-tuned, where known; steps/epochs: the values of
-    --steps/--epochs where the user gave them."""
+    --steps/--epochs where the user gave them; seconds_per_image: a training step's measured cost per image, and
+    budget_s the time the planned steps should fit (None: no limit)."""
     if facts.n_train == 0:
         return {}, []
     changes, why = {}, []
@@ -101,14 +125,25 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
         if batch != recipe_batch:
             changes["batch_size"] = batch
             why.append(f"batch {batch} (an eighth of the {facts.n_train} images or less)")
-    if not given & {"steps", "epochs"}:
+    if not given & {"steps", "epochs"}:  # the length is a default: at least `least` steps, within the budget
         least = MIN_STEPS_FINETUNE if fine_tuning else MIN_STEPS
-        if math.ceil(recipe_epochs * (facts.n_train // batch)) < least:
-            changes["steps"] = least
-            why.append(f"{least} steps ({least * batch / facts.n_train:.0f} epochs)")
+        default = math.ceil(recipe_epochs * (facts.n_train // batch))
+        n, fit = max(least, default), ""
+        full = n * batch * (seconds_per_image or 0)
+        if budget_s and full > budget_s:
+            was_n, was_b = n, batch
+            n, b = fit_budget(n, batch, seconds_per_image, budget_s, least // 4, "batch_size" in given)
+            fit = (f", to fit --time-budget {budget_s / 60:g} min ({was_n} steps of {was_b} would take "
+                   f"~{full / 60:.0f} min here at a measured {1000 * seconds_per_image:.1f} ms per training image)")
+            if b != batch:
+                batch = changes["batch_size"] = b
+                why = [w for w in why if not w.startswith("batch ")]
+        if n != default or fit:
+            changes["steps"] = n
+            why.append(f"{n} steps of {batch} ({n * batch / facts.n_train:.0f} epochs){fit}")
             if "eval_every" not in given:  # every epoch would be dozens of passes over the test split
-                changes["eval_every"] = least // EVALS
-                why.append(f"evaluated every {least // EVALS} steps")
+                changes["eval_every"] = max(n // EVALS, 1)
+                why.append(f"evaluated every {changes['eval_every']} steps")
     if "eval_every" not in given and "eval_every" not in changes:
         # the user chose the length: evaluating after every epoch of a small set would be hundreds of passes over
         # its (often much larger) test split
@@ -146,15 +181,66 @@ def checkpoint_size(spec) -> Optional[int]:
     return entry.image_size if entry is not None else None
 
 
+def seconds_per_image(s, num_classes: int, batch: int) -> Optional[float]:
+    """The cost per image of a training step (forward, backward; not the optimizer's update) of the model that `s`
+    trains, at its precision and on its device, from one warm-up and two timed steps on random images (a batch of
+    at most 32); None where it cannot be measured (the run itself will report the error). The run reseeds
+    everything before it starts, so this leaves no trace in it."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from ..runtime import autocast, resolve_device, resolve_precision
+
+    try:
+        device = resolve_device(s.device)
+        if s.init:
+            from ..checkpoint.io import load
+            from ..checkpoint.surgery import adapt
+
+            model = adapt(load(s.init), num_classes=num_classes, image_size=s.image_size).model
+        else:
+            from ..model import create_model
+
+            model = create_model(s.model, num_classes=num_classes, image_size=s.image_size)
+        size = getattr(model.cfg, "image_size", None) or s.image_size or 224
+        chans = getattr(model.cfg, "in_chans", 3)
+        model.to(device).train()
+        precision = resolve_precision(s.precision, device)
+        b = max(1, min(batch, 32))
+        x = torch.randn(b, chans, size, size, device=device)
+        y = torch.randint(0, num_classes, (b,), device=device)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        return min(times[1:]) / b
+    except Exception:  # noqa: BLE001 - an estimate only; the run checks the same things and says what is wrong
+        return None
+
+
 def apply(s, given: set, recipe, say=None):
     """`s` with the plan's changes for an image-folder dataset (a new run only: a resumed run keeps its own
     settings); `say(line)` gets the one line that tells what was chosen and why."""
     if s.resume or not s.dataset.lower().startswith("imagefolder:"):
         return s
     facts = facts_of_folder(s.dataset.split(":", 1)[1])
-    changes, why = plan(given, recipe.batch_size, recipe.epochs, facts, fine_tuning=bool(s.init),
-                        checkpoint_size=checkpoint_size(s.init) if s.init else None,
-                        steps=s.steps if "steps" in given else None, epochs=s.epochs if "epochs" in given else None)
+    batch = s.batch_size if "batch_size" in given else recipe.batch_size
+    args = dict(fine_tuning=bool(s.init), checkpoint_size=checkpoint_size(s.init) if s.init else None,
+                steps=s.steps if "steps" in given else None, epochs=s.epochs if "epochs" in given else None)
+    changes, why = plan(given, batch, recipe.epochs, facts, **args)
+    if not given & {"steps", "epochs"} and s.time_budget:  # a default length: does it fit the budget here?
+        planned = s.replace(**changes)
+        spi = seconds_per_image(planned, facts.num_classes, planned.batch_size)
+        if spi is not None:
+            changes, why = plan(given, batch, recipe.epochs, facts, **args, seconds_per_image=spi,
+                                budget_s=60 * s.time_budget)
     if why and say is not None:
         say(f"vitkit train: {facts.n_train} images in {facts.num_classes} classes (median side "
             f"{facts.median_side} px{', greyscale' if facts.grey else ''}): chose {'; '.join(why)}; "
