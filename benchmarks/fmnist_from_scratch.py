@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--gelu", default="erf", choices=["erf", "tanh"],
                    help="erf: exact GELU, 6x faster than the tanh form in PyTorch's CPU kernels")
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the CPU/GPU has bf16 instructions (the figures above), else fp32")
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="skip the extra flip test-time-augmentation evaluation (reported apart from plain top-1)")
     p.add_argument("--compile", action="store_true", help="torch.compile (compilation time counts in the total)")
