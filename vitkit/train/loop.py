@@ -100,9 +100,9 @@ class TrainSettings(Recipe):
                                      metavar="N", group=OUT, resumable=True)
     save_every: Optional[int] = flag(None, "checkpoint every N steps (default: at each evaluation)",
                                      type=Number(int, min=1), metavar="N", group=OUT, resumable=True)
-    time_budget: float = flag(6.0, "minutes the training steps of a planned run (an image folder, no --steps, "
-                              "--epochs or --batch-size) should fit on this machine: the plan times a step first, "
-                              "then shrinks the batch, then the steps (0: no limit)", type=Number(float, min=0),
+    time_budget: float = flag(6.0, "minutes the training steps of a planned run (an image folder, no --steps or "
+                              "--epochs) should fit on this machine: the plan times a step first, then halves the "
+                              "batch unless given, then cuts the steps (0: no limit)", type=Number(float, min=0),
                               metavar="MIN", group=LONG, resumable=True)
     eval_batch_size: int = flag(256, "examples per forward pass when evaluating", type=Number(int, min=1),
                                 group=OUT, resumable=True)
