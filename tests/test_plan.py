@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.train.plan import (BUDGET_MIN_BATCH, FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_MODEL,
-                               DataFacts, facts_of_folder, fit_budget, plan)
+from vitkit.train.plan import (BUDGET_MIN_BATCH, FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_LR,
+                               SCRATCH_MODEL, DataFacts, facts_of_folder, fit_budget, plan)
 
 
 def _folder(root: Path, mode: str, side: int, per_class: int = 6) -> Path:
@@ -30,8 +30,10 @@ def test_facts_from_headers(tmp_path):
 def test_photos_from_scratch():
     facts = DataFacts(n_train=240, num_classes=10, grey=False, median_side=375)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
-    assert changes == {"image_size": 64, "model": SCRATCH_MODEL, "batch_size": 16, "steps": MIN_STEPS,
-                       "eval_every": MIN_STEPS // 4, "crop": "pad"}
+    assert changes == {"image_size": 64, "model": SCRATCH_MODEL, "lr": SCRATCH_LR, "batch_size": 16,
+                       "steps": MIN_STEPS, "eval_every": MIN_STEPS // 4, "crop": "pad"}
+    named, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, default_recipe=False)
+    assert "lr" not in named  # --recipe pretrain keeps its learning rate
     assert len(why) == len(changes)
     assert "flip" not in changes  # colour photos keep the recipe's flips
 
@@ -45,7 +47,7 @@ def test_characters_small_images_no_flips():
 
 def test_given_flags_win():
     facts = DataFacts(n_train=1000, num_classes=26, grey=True, median_side=28)
-    given = {"image_size", "model", "batch_size", "epochs", "flip", "crop"}  # eval_every follows the steps
+    given = {"image_size", "model", "lr", "batch_size", "epochs", "flip", "crop"}  # eval_every follows the steps
     assert plan(given, recipe_batch=128, recipe_epochs=5, facts=facts) == ({}, [])
 
 
