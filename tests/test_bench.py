@@ -103,3 +103,20 @@ def test_decode_throughput_fallback(tmp_path):
             Image.new("RGB", (40, 30), (i * 40, 10, 200)).save(tmp_path / "train" / c / f"{i}.jpg")
     rows = T.decode_throughput(f"imagefolder:{tmp_path}", image_size=16, batch=4, workers=[0], repeats=1)
     assert rows[0]["images"] == 6 and rows[0]["img_per_s"] > 0
+
+
+def test_bench_precision_auto_is_what_the_hardware_has(monkeypatch):
+    """The default --precision auto measures bf16 only where it is native (an emulated bf16 row was 24x slower)."""
+    import argparse
+
+    from vitkit.bench.cli import _resolve_auto, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    for native, want in ((True, ["bf16"]), (False, ["fp32"])):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        args = p.parse_args(["--peer-precision", "auto,fp32"])
+        assert args.precision == ["auto"]
+        _resolve_auto(args, torch.device("cpu"))
+        assert args.precision == want and args.peer_precision == want + ["fp32"]

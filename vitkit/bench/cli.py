@@ -1,7 +1,7 @@
 """`vitkit bench`: inference and training throughput, peak memory and MFU of a ViT variant, side by side with the
 same architecture in Hugging Face transformers (and timm when importable), all in one process, interleaved.
 
-    vitkit bench --model ViT-B/16 --batch-size 32 --precision bf16 --mode inference
+    vitkit bench --model ViT-B/16 --batch-size 32 --precision bf16 --mode inference   # default: auto
     vitkit bench --model ViT-Mini/4 --image-size 32 --batch-size 128 --mode training --precision fp32,bf16 \\
         --compile no,default --out mini.json
     vitkit bench --decode imagefolder:/work/shared/data/hymenoptera --workers 0,1,2
@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UserError, require
 from ..flags import Number, add_deprecated, device
-from ..runtime import resolve_device
+from ..runtime import resolve_device, resolve_precision
 from . import throughput as T
 
 
@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_deprecated(p, "--batch", "--batch-size", dest="batch", type=Number(int, min=1))
     p.add_argument("--mode", type=_csv(), default=["inference", "training"],
                    help="comma list of inference,training (default both)")
-    p.add_argument("--precision", type=_csv(), default=["bf16"], help="comma list of fp32,bf16 (default bf16)")
+    p.add_argument("--precision", type=_csv(), default=["auto"],
+                   help="comma list of fp32,bf16,auto (default auto: bf16 where the hardware has it, else fp32)")
     p.add_argument("--policy", choices=["cast", "autocast"], default="cast",
                    help="bf16 inference: 'cast' converts model and input with .to(bfloat16) (pure bf16, default); "
                         "'autocast' keeps fp32 weights under torch.autocast. Training is always autocast over "
@@ -131,7 +132,15 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _resolve_auto(args, device: torch.device) -> None:
+    """--precision/--peer-precision "auto" -> bf16 or fp32 for `device` (vitkit.runtime.resolve_precision)."""
+    args.precision = [resolve_precision(p, device) if p == "auto" else p for p in args.precision]
+    if args.peer_precision:
+        args.peer_precision = [resolve_precision(p, device) if p == "auto" else p for p in args.peer_precision]
+
+
 def build_runners(args, device: torch.device, log) -> list:
+    _resolve_auto(args, device)
     from ..model import create_model
     from ..resnet import BiTConfig
     from . import peers as P
@@ -288,6 +297,7 @@ def run(args) -> int:
     if args.decode:
         return run_decode(args, log)
     device = resolve_device(args.device)
+    _resolve_auto(args, device)
     if args.batch < 1 or args.repeats < 1:
         raise UserError("--batch and --repeats must be at least 1")
     dtypes = sorted({"bf16" if p != "fp32" else "fp32" for p in args.precision + (args.peer_precision or [])})
