@@ -25,10 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_folder(dst: Path, photos: Path, classes: int, per_class: int, test_per_class: int, seed: int = 0) -> Path:
-    files = sorted(p.resolve() for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not files:
-        raise SystemExit(f"time_defaults: error: no JPEG photos under {photos}")
+def make_folder(dst: Path, files: list, classes: int, per_class: int, test_per_class: int, seed: int = 0) -> Path:
     rng = random.Random(seed)
     for split, n in (("train", per_class), ("test", test_per_class)):
         for c in range(classes):
@@ -68,8 +65,12 @@ def main() -> int:
             print(f"time_defaults: error: --{flag.replace('_', '-')} must be at least {2 if flag == 'classes' else 1}",
                   file=sys.stderr)
             return 2
+    files = sorted(p.resolve() for p in a.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not files:
+        print(f"time_defaults: error: --photos {a.photos}: no JPEG photos there", file=sys.stderr)
+        return 2
     a.out.mkdir(parents=True, exist_ok=True)
-    folder = make_folder(a.out / "folder", a.photos, a.classes, a.per_class, a.test_per_class)
+    folder = make_folder(a.out / "folder", files, a.classes, a.per_class, a.test_per_class)
     rows = {}
     for kind, extra in (("scratch", []), ("finetune", ["--init", a.init])):
         run = a.out / f"run-{kind}"

@@ -9,7 +9,8 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   `--image-size` picks another, interpolated as in section 3.2);
 * model, from scratch: the paper's hybrid with vitkit's small root block (`R+ViT-Mini/8`): its convolutional
   stem is the inductive bias that small data needs (section 4.3), trained at AdamW lr 3e-4 (`SCRATCH_LR`; the
-  default recipe's 1e-3 measured 3-7 points lower on 100- and 244-image photo sets; a named --recipe keeps its own);
+  default recipe's 1e-3 measured 4.6-7.2 points lower on 100- and 244-image photo sets; a named --recipe keeps its
+  own);
 * length: enough optimizer steps whatever the dataset size (`MIN_STEPS` from scratch, `MIN_STEPS_FINETUNE`
   fine-tuning), as a number of steps rather than epochs, and a batch no larger than an eighth of the training set
   so that an epoch is several steps;
@@ -44,7 +45,7 @@ MAX_EVALS = 50  # a run longer than this many epochs is evaluated EVALS times, n
 MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
-SCRATCH_LR = 3e-4  # AdamW from scratch on a small folder (the default recipe's 1e-3 measured 5 points lower)
+SCRATCH_LR = 3e-4  # AdamW from scratch on a small folder (docs/transfer.md, "From scratch: learning rate 3e-4")
 FINETUNE_RANDAUGMENT = (2, 5.0)  # N ops at magnitude M, fine-tuning on colour images
 BUDGET_MIN_BATCH = 32  # the time budget halves a planned batch down to this, then cuts steps
 
