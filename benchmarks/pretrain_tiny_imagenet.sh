@@ -3,6 +3,7 @@
 #
 #   benchmarks/pretrain_tiny_imagenet.sh [OUT] [extra vitkit train flags...]
 #   FIRST=RUN benchmarks/pretrain_tiny_imagenet.sh [OUT]      # a second cosine cycle from the finished run RUN
+#   FIRST=NAME benchmarks/pretrain_tiny_imagenet.sh [OUT]     # ... or from a shipped model / checkpoint path
 #
 # Seeded and resumable: run it again after an interruption and it continues exactly where the last checkpoint was
 # (every 200 steps). DATA defaults to ../shared/data (the folder holding tiny-imagenet-200/ or the official zip).
@@ -22,7 +23,9 @@ OUT=${1:-runs/tiny-imagenet-vit-mini8-64}
 shift || true
 DATA=${DATA:-../shared/data}
 if [ -n "${FIRST:-}" ]; then
-  cycle=(--init "$FIRST/checkpoint" --lr 5e-4 --warmup-epochs 1 --seed 1)
+  init=$FIRST
+  [ -d "$FIRST/checkpoint" ] && init=$FIRST/checkpoint
+  cycle=(--init "$init" --lr 5e-4 --warmup-epochs 1 --seed 1)
 else
   cycle=(--model ViT-Mini/8 --gelu erf --lr 1e-3 --warmup-epochs 2 --seed 0)
 fi

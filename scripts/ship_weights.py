@@ -51,23 +51,49 @@ def curve(evals: list) -> str:
     return ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
 
 
+def first_from_card(folder: Path, command: str) -> dict:
+    """The first cycle's record from a shipped model's MODEL_CARD.md (a folder under vitkit/weights/, or a copy of
+    one), for a second cycle whose first cycle's run folder is gone: its curve, last top-1/top-5, step count, time
+    and recipe line, as this script wrote them. A card that does not have them is an error, not a guess."""
+    import re
+
+    text = (folder / "MODEL_CARD.md").read_text()
+    top = re.search(r"validation top-1 ([0-9.]+) %\*\* \(top-5 ([0-9.]+) %\)", text)
+    steps = re.search(r"after ([0-9,]+) optimizer steps", text)
+    curve_m = re.search(r"Top-1 by epoch: ([^\n]+(?:\n  [^\n]+)*)\.\n", text)
+    hours = re.search(r"Training time: ([0-9.]+) h", text)
+    recipe = re.search(r"## Recipe\n(recipe [^\n]+)\n", text)
+    if not (top and steps and curve_m and hours and recipe) or "second cycle" in curve_m.group(1):
+        raise SystemExit(f"ship_weights: error: {folder}/MODEL_CARD.md is not a one-cycle card of this script "
+                         "(top-1, steps, 'Top-1 by epoch', 'Training time', '## Recipe')")
+    points = re.findall(r"([0-9.]+): ([0-9.]+) %", curve_m.group(1).replace("\n  ", " "))
+    evals = [{"epoch": float(e), "top1": float(t) / 100} for e, t in points]
+    evals[-1].update(top1=float(top.group(1)) / 100, top5=float(top.group(2)) / 100,
+                     step=int(steps.group(1).replace(",", "")))
+    return {"run": folder, "steps": [], "seconds": 3600 * float(hours.group(1)), "evals": evals,
+            "recipe": recipe.group(1).removesuffix("."), "command": command}
+
+
 def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str,
          first: dict | None = None) -> str:
     """first: the first cycle of a two-cycle run (keys run, steps, evals, settings, command), or None."""
     last = evals[-1]
     cfg = loaded.config
-    seconds = step_seconds(steps, settings) + (step_seconds(first["steps"], first["settings"]) if first else 0)
+    seconds = step_seconds(steps, settings)
+    if first:
+        seconds += first["seconds"] if "seconds" in first else step_seconds(first["steps"], first["settings"])
     recipe, curves = recipe_line(settings), curve(evals)
     reproduce = f"    {command}\n    python scripts/ship_weights.py {run} {name} --overwrite"
     if first:
         f_last = first["evals"][-1]
         recipe = (f"Two cosine cycles (a warm restart). First cycle, {f_last['epoch']:g} epochs from a random "
-                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): {recipe_line(first['settings'])}.\n\n"
+                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): "
+                  f"{first.get('recipe') or recipe_line(first['settings'])}.\n\n"
                   f"Second cycle, {last['epoch']:g} epochs from the first cycle's weights, with a fresh optimizer: "
                   f"{recipe}.")
         curves = f"first cycle {curve(first['evals'])}; second cycle {curves}"
         reproduce = (f"    {first['command']}\n    {command}\n    python scripts/ship_weights.py {run} {name} "
-                     f"--first {first['run']} --overwrite")
+                     f"--first {first.get('first_run', first['run'])} --overwrite")
     if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
         stages = cfg.resnet.get("layers") or []
         stem = "root block only" if not stages else f"root block + stages {stages}"
@@ -125,7 +151,10 @@ def main() -> int:
     p.add_argument("--dataset", default="tiny-imagenet")
     p.add_argument("--command", default="benchmarks/pretrain_tiny_imagenet.sh", help="what reproduces the run")
     p.add_argument("--first", type=Path, help="the first cycle's run, when RUN continued it (--init) with a "
-                   "second one (FIRST=RUN benchmarks/pretrain_tiny_imagenet.sh)")
+                   "second one (FIRST=RUN benchmarks/pretrain_tiny_imagenet.sh); or, where that run is gone, the "
+                   "folder the first cycle was shipped to (its MODEL_CARD.md gives the record)")
+    p.add_argument("--first-run", help="with --first FOLDER: the first cycle's run folder to name in the card's "
+                   "reproduce commands (default: --first)")
     p.add_argument("--first-command", default="benchmarks/pretrain_tiny_imagenet.sh",
                    help="what reproduces the first cycle")
     p.add_argument("--overwrite", action="store_true")
@@ -142,7 +171,11 @@ def main() -> int:
     loaded = load(ckpt)  # refuses non-finite weights
     settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
     first = None
-    if a.first is not None:
+    if a.first is not None and not (a.first / "metrics.jsonl").exists() and (a.first / "MODEL_CARD.md").exists():
+        first = first_from_card(a.first, a.first_command)
+        if a.first_run:
+            first["first_run"] = a.first_run
+    elif a.first is not None:
         f_steps, f_evals = read_metrics(a.first / "metrics.jsonl")
         f_settings = (load_train_state(a.first / "checkpoint") or {}).get("settings", {})
         first = {"run": a.first, "steps": f_steps, "evals": f_evals, "settings": f_settings,

@@ -52,3 +52,40 @@ def test_a_two_cycle_run_ships_with_both_cycles_on_its_card(tmp_path, monkeypatc
     assert "model=ViT-Mini/7" not in card  # the second cycle's architecture is the first's, not the recipe default
     # an existing name is kept unless --overwrite
     assert mod.main() == 2 and "exists; --overwrite replaces it" in capsys.readouterr().err
+
+
+def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is_gone(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert cli.main(["train", "--model", "ViT-testing/4", *TINY, "--steps", "4", "--out", str(first)]) == 0
+    mod = _script(tmp_path, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(first), "Tiny-one", "--command", "first.sh"])
+    assert mod.main() == 0
+    one = tmp_path / "weights" / "Tiny-one"
+    first_card = (one / "MODEL_CARD.md").read_text()
+    f_evals = _evals(first)
+    assert cli.main(["train", "--init", str(one), *TINY, "--steps", "2", "--lr", "5e-4", "--seed", "1",
+                     "--out", str(second)]) == 0
+    import shutil
+    shutil.rmtree(first)  # the first cycle's run is lost; its card remains
+    # the second cycle replaces the first under the same name, reading the first's card before writing
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(second), "Tiny-one", "--first", str(one),
+                                      "--first-run", "runs/first", "--command", "second.sh",
+                                      "--first-command", "first.sh", "--overwrite"])
+    assert mod.main() == 0
+    card = (one / "MODEL_CARD.md").read_text()
+    assert f"({100 * f_evals[-1]['top1']:.2f} % at its end)" in card
+    assert "first cycle " + ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in f_evals) in card
+    recipe_first = first_card.split("## Recipe\n")[1].splitlines()[0].removesuffix(".")
+    assert recipe_first in card and "lr=0.0005" in card
+    assert "    first.sh\n    second.sh\n" in card and "--first runs/first --overwrite" in card
+    h1 = float(first_card.split("Training time: ")[1].split(" h")[0])
+    h2 = float(card.split("Training time: ")[1].split(" h")[0])
+    assert h2 >= h1  # both cycles' time
+    # a card that is not a one-cycle card of the script is refused, not guessed from
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(second), "Tiny-two", "--first", str(one)])
+    try:
+        mod.main()
+    except SystemExit as e:
+        assert "is not a one-cycle card" in str(e)
+    else:
+        raise AssertionError("a two-cycle card was taken as a first cycle")
