@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import re
 import sys
 from pathlib import Path
+
+import torch
 
 from vitkit.checkpoint.io import load, load_train_state, save_checkpoint
 
@@ -55,13 +59,13 @@ def first_from_card(folder: Path, command: str) -> dict:
     """The first cycle's record from a shipped model's MODEL_CARD.md (a folder under vitkit/weights/, or a copy of
     one), for a second cycle whose first cycle's run folder is gone: its curve, last top-1/top-5, step count, time
     and recipe line, as this script wrote them. A card that does not have them is an error, not a guess."""
-    import re
-
     text = (folder / "MODEL_CARD.md").read_text()
     top = re.search(r"validation top-1 ([0-9.]+) %\*\* \(top-5 ([0-9.]+) %\)", text)
     steps = re.search(r"after ([0-9,]+) optimizer steps", text)
     curve_m = re.search(r"Top-1 by epoch: ([^\n]+(?:\n  [^\n]+)*)\.\n", text)
     hours = re.search(r"Training time: ([0-9.]+) h", text)
+    machine = re.search(r"on 2 CPU cores \(([^,)]+)", text)
+    size = re.search(r" at (\d+) px: vitkit's own pre-trained model", text)
     recipe = re.search(r"## Recipe\n(recipe [^\n]+)\n", text)
     if not (top and steps and curve_m and hours and recipe) or "second cycle" in curve_m.group(1):
         raise SystemExit(f"ship_weights: error: {folder}/MODEL_CARD.md is not a one-cycle card of this script "
@@ -71,24 +75,57 @@ def first_from_card(folder: Path, command: str) -> dict:
     evals[-1].update(top1=float(top.group(1)) / 100, top5=float(top.group(2)) / 100,
                      step=int(steps.group(1).replace(",", "")))
     return {"run": folder, "steps": [], "seconds": 3600 * float(hours.group(1)), "evals": evals,
-            "recipe": recipe.group(1).removesuffix("."), "command": command}
+            "recipe": recipe.group(1).removesuffix("."), "command": command,
+            "machine": machine.group(1) if machine else None, "image_size": int(size.group(1)) if size else None}
+
+
+def cpu_name() -> str:
+    """This machine's CPU, shortened ("AMD EPYC", "Intel(R) Xeon(R) Processor"), for the card's timing line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                return "AMD EPYC" if name.startswith("AMD EPYC") else name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str,
-         first: dict | None = None) -> str:
+         first: dict | None = None, machine: str | None = None) -> str:
     """first: the first cycle of a two-cycle run (keys run, steps, evals, settings, command), or None."""
     last = evals[-1]
     cfg = loaded.config
+    machine = machine or cpu_name()
     seconds = step_seconds(steps, settings)
+    where = machine
     if first:
-        seconds += first["seconds"] if "seconds" in first else step_seconds(first["steps"], first["settings"])
+        f_seconds = first["seconds"] if "seconds" in first else step_seconds(first["steps"], first["settings"])
+        f_machine = first.get("machine") or machine
+        if f_machine != machine:
+            where = (f"first cycle {f_seconds / 3600:.2f} h on {f_machine}, second {seconds / 3600:.2f} h on "
+                     f"{machine}")
+        seconds += f_seconds
     recipe, curves = recipe_line(settings), curve(evals)
+    after = f"{last['step']:,} optimizer steps ({last['epoch']:g} epochs)"
+    if first and first["evals"][-1].get("step"):
+        f_last = first["evals"][-1]
+        after = (f"{f_last['step']:,} + {last['step']:,} optimizer steps ({f_last['epoch']:g} + {last['epoch']:g} "
+                 "epochs, two cycles)")
+    autocast = "bf16 autocast" if settings.get("precision") == "bf16" else settings.get("precision") or "fp32"
     reproduce = f"    {command}\n    python scripts/ship_weights.py {run} {name} --overwrite"
     if first:
         f_last = first["evals"][-1]
-        recipe = (f"Two cosine cycles (a warm restart). First cycle, {f_last['epoch']:g} epochs from a random "
-                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): "
-                  f"{first.get('recipe') or recipe_line(first['settings'])}.\n\n"
+        f_recipe = first.get("recipe") or recipe_line(first["settings"])
+        f_size = first.get("image_size")
+        if f_size and f_size != cfg.image_size:  # section 3.2: fine-tune at a higher resolution than pre-training
+            kind = (f"Pre-training at {f_size} px, then fine-tuning at {cfg.image_size} px on the same data "
+                    f"(section 3.2 of the paper: the images resized to {cfg.image_size} px, so more and smaller "
+                    "patches; the position embeddings 2D-interpolated to the larger grid)")
+        else:
+            kind = "Two cosine cycles (a warm restart)"
+        recipe = (f"{kind}. First cycle, {f_last['epoch']:g} epochs from a random "
+                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): {f_recipe}.\n\n"
                   f"Second cycle, {last['epoch']:g} epochs from the first cycle's weights, with a fresh optimizer: "
                   f"{recipe}.")
         curves = f"first cycle {curve(first['evals'])}; second cycle {curves}"
@@ -116,11 +153,11 @@ A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from a r
 
 ## Result
 - **{dataset} validation top-1 {100 * last['top1']:.2f} %** (top-5 {100 * last['top5']:.2f} %) on the 10,000 official
-  validation images, after {last['step']:,} optimizer steps ({last['epoch']:g} epochs), evaluated once at the end of
+  validation images, after {after}, evaluated once at the end of
   each epoch; the last one is shipped (no early stopping on the validation split).
 - Top-1 by epoch: {curves}.
 - Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not
-  counted) on 2 CPU cores (AMD EPYC, torch 2.13, bf16 autocast), shared with other work, so the time is an upper
+  counted) on 2 CPU cores ({where}, torch {torch.__version__.split("+")[0]}, {autocast}), shared with other work, so the time is an upper
   bound for an idle machine.
 
 ## Data
@@ -179,7 +216,7 @@ def main() -> int:
         f_steps, f_evals = read_metrics(a.first / "metrics.jsonl")
         f_settings = (load_train_state(a.first / "checkpoint") or {}).get("settings", {})
         first = {"run": a.first, "steps": f_steps, "evals": f_evals, "settings": f_settings,
-                 "command": a.first_command}
+                 "command": a.first_command, "image_size": load(a.first / "checkpoint").config.image_size}
     top1 = round(100 * float(evals[-1]["top1"]), 2)  # percent, as the registry gives the published figures
     save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
     (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset, first))

@@ -63,8 +63,9 @@ def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is
     one = tmp_path / "weights" / "Tiny-one"
     first_card = (one / "MODEL_CARD.md").read_text()
     f_evals = _evals(first)
+    size = json.loads((one / "config.json").read_text())["model"]["image_size"]
     assert cli.main(["train", "--init", str(one), *TINY, "--steps", "2", "--lr", "5e-4", "--seed", "1",
-                     "--out", str(second)]) == 0
+                     "--image-size", str(size + 8), "--out", str(second)]) == 0  # a higher-resolution second stage
     import shutil
     shutil.rmtree(first)  # the first cycle's run is lost; its card remains
     # the second cycle replaces the first under the same name, reading the first's card before writing
@@ -78,6 +79,9 @@ def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is
     recipe_first = first_card.split("## Recipe\n")[1].splitlines()[0].removesuffix(".")
     assert recipe_first in card and "lr=0.0005" in card
     assert "    first.sh\n    second.sh\n" in card and "--first runs/first --overwrite" in card
+    assert f"Pre-training at {size} px, then fine-tuning at {size + 8} px" in card
+    f_steps, steps = f_evals[-1]["step"], _evals(second)[-1]["step"]
+    assert f"after {f_steps:,} + {steps:,} optimizer steps" in card
     h1 = float(first_card.split("Training time: ")[1].split(" h")[0])
     h2 = float(card.split("Training time: ")[1].split(" h")[0])
     assert h2 >= h1  # both cycles' time
