@@ -139,3 +139,20 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     err = p.stderr.read()
     p.wait(timeout=60)
     assert first.split()[0] == "name" and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_every_command_with_a_dataset_flag_lists_every_dataset_name_in_its_help(capsys):
+    """One list (vitkit/data/names.py) feeds the loader and every --dataset help text, so none falls behind."""
+    from vitkit import cli
+    from vitkit.data.datasets import DATASET_NAMES
+
+    for command in ("train", "eval", "fewshot", "features", "analyze"):
+        try:
+            cli.main([command, "--help"])
+        except SystemExit:
+            pass
+        text = " ".join(capsys.readouterr().out.split())
+        options = text.split("options:", 1)[1]
+        own = options.split("--dataset DATASET", 1)[1].split(" --", 1)[0]  # the flag's own help text
+        for name in [*DATASET_NAMES, "imagefolder:PATH"]:
+            assert name in own, (command, name, own)

@@ -22,11 +22,12 @@ from ..errors import UserError
 
 
 def add_arguments(p):
+    from ..data.names import DATASET_LIST
     from ..flags import Number
 
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
     p.add_argument("--dataset", help="dataset spec for the attention statistics and example images "
-                   "(embedded, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH)")
+                   f"({DATASET_LIST})")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--images", nargs="+", default=[], metavar="IMAGE",

@@ -10,14 +10,14 @@ import argparse
 import json
 import time
 
+from ..data.names import DATASETS_HELP
 from ..errors import UserError
 from ..flags import Number, device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory or file (vitkit, Hugging Face, official .npz, timm)")
-    p.add_argument("--dataset", default="embedded", help="embedded (default), fashion-mnist, mnist, cifar10, "
-                   "cifar100 or imagefolder:PATH")
+    p.add_argument("--dataset", default="embedded", help=DATASETS_HELP)
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batch-size", type=Number(int, min=1), default=256, metavar="N",

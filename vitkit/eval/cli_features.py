@@ -11,11 +11,11 @@ import torch
 
 
 def add_arguments(p):
+    from ..data.names import DATASET_LIST
     from ..flags import Number, add_deprecated
 
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
-    p.add_argument("--dataset", required=True, help="dataset spec (embedded, mnist, fashion-mnist, cifar10, "
-                   "cifar100, imagefolder:PATH)")
+    p.add_argument("--dataset", required=True, help=f"dataset spec ({DATASET_LIST})")
     p.add_argument("--split", default="train", help="train or test (default: train)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--sample", type=Number(int, min=1), default=None, metavar="N",

@@ -28,11 +28,11 @@ def _ints(s: str) -> list[int]:
 
 
 def add_arguments(p):
+    from ..data.names import DATASET_LIST
     from ..flags import Number, add_deprecated
 
     p.add_argument("checkpoint", nargs="?", help="checkpoint (not needed with --train/--test-features)")
-    p.add_argument("--dataset", help="dataset spec (embedded, mnist, fashion-mnist, cifar10, cifar100, "
-                   "imagefolder:PATH)")
+    p.add_argument("--dataset", help=f"dataset spec ({DATASET_LIST})")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--shots", default="1,5,10,25", help="examples per class (default: 1,5,10,25)")
     p.add_argument("--draws", type=Number(int, min=1), default=3,

@@ -30,6 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..data.names import DATASETS_HELP
 from ..flags import Number, Pair, flag
 
 WHAT, LONG, OPT, REG = "what to train", "how long, how big", "optimisation", "regularisation and augmentation"
@@ -46,8 +47,7 @@ class Recipe:
     objective: str = flag("classify", "what is learnt: classify the labels, or mpp, masked patch prediction (paper "
                           "section 4.6; self-supervised, labels unused; the checkpoint is an ordinary ViT)",
                           choices=("classify", "mpp"), group=WHAT)
-    dataset: str = flag("embedded", "embedded (default), fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH",
-                        group=WHAT)
+    dataset: str = flag("embedded", DATASETS_HELP, group=WHAT)
     image_size: Optional[int] = flag(None, "input resolution (default: the dataset's, or the checkpoint's with "
                                      "--init)", type=Number(int, min=1), group=WHAT)
     classifier: Optional[str] = flag(None, "[class] token or global average pooling (default: the variant's, token)",
