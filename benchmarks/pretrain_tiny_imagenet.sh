@@ -16,7 +16,7 @@
 # half its peak learning rate, 30 more epochs, a new data order (seed 1), the same augmentation. The first cycle's
 # curve had flattened as its learning rate reached zero; continuing costs 30 epochs where a 60-epoch run costs 60.
 # Flags after OUT override the script's own (the last one given wins), e.g. a second stage at a higher resolution
-# (section 3.2; measured in docs/transfer.md, 2026-12-06: 37.65 -> 38.40 %, no better in transfer, not shipped):
+# (section 3.2; what it gave, and why it is not shipped: docs/transfer.md, "Fine-tuning at 96 px"):
 #   FIRST=R+ViT-Mini_8-tiny-imagenet benchmarks/pretrain_tiny_imagenet.sh runs/tin-rvit-96 --image-size 96 \
 #     --epochs 8 --lr 3e-4 --warmup-epochs 0.25
 # Precision is vitkit's default, auto: the shipped runs were bf16 autocast on a CPU with avx512_bf16. On a CPU
