@@ -132,6 +132,7 @@ def test_time_budget_halves_the_batch_then_cuts_the_steps():
     assert changes["batch_size"] == BUDGET_MIN_BATCH == 32 and changes["steps"] == 1125
     assert changes["eval_every"] == 1125 // 4
     assert any("to fit --time-budget 6 min (1200 steps of 128 would take ~26 min" in w for w in why)
+    assert any(w.startswith("1125 steps of 32 (3.5 epochs)") for w in why)  # a short run's epochs to one decimal
     assert not any(w.startswith("batch ") for w in why)  # the replaced reason is gone: one reason per change
     slow, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1.0, budget_s=360)
     assert slow["steps"] == MIN_STEPS // 4 and slow["batch_size"] == 32

@@ -147,7 +147,8 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
                 why = [w for w in why if not w.startswith("batch ")]
         if n != default or fit:
             changes["steps"] = n
-            why.append(f"{n} steps of {batch} ({n * batch / facts.n_train:.0f} epochs){fit}")
+            ep = n * batch / facts.n_train
+            why.append(f"{n} steps of {batch} ({ep:.{0 if ep >= 10 else 1}f} epochs){fit}")
             if "eval_every" not in given:  # every epoch would be dozens of passes over the test split
                 changes["eval_every"] = max(n // EVALS, 1)
                 why.append(f"evaluated every {changes['eval_every']} steps")
