@@ -96,8 +96,14 @@ def main() -> int:
                    help="where scripts/make_transfer_sets.py wrote the 1k-image sets")
     p.add_argument("--only", default=",".join(SETS), help="comma list of sets")
     p.add_argument("--kinds", default="baselines,scratch,finetune,fewshot")
+    p.add_argument("--seed", type=int, help="passed to the scratch and fine-tuning runs (vitkit's default: 0), for "
+                   "a second run of each cell; use another --out")
     a = p.parse_args()
-    a.extra = {}
+    if a.seed is not None and a.seed < 0:
+        print(f"transfer: error: --seed must be >= 0, got {a.seed}", file=sys.stderr)
+        return 2
+    seed = ["--seed", str(a.seed)] if a.seed is not None else []
+    a.extra = {"scratch": seed, "finetune": seed}
     if not a.init and {"finetune", "fewshot"} & set(a.kinds.split(",")):
         print("transfer: error: --kinds finetune/fewshot need --init (a pre-trained model)", file=sys.stderr)
         return 2
