@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vitkit.checkpoint.io import load, load_train_state, save_checkpoint
+from vitkit.checkpoint.io import load, load_train_state, read_config, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "vitkit" / "weights"
@@ -74,7 +74,7 @@ def first_from_card(folder: Path, command: str) -> dict:
     evals = [{"epoch": float(e), "top1": float(t) / 100} for e, t in points]
     evals[-1].update(top1=float(top.group(1)) / 100, top5=float(top.group(2)) / 100,
                      step=int(steps.group(1).replace(",", "")))
-    return {"run": folder, "steps": [], "seconds": 3600 * float(hours.group(1)), "evals": evals,
+    return {"seconds": 3600 * float(hours.group(1)), "evals": evals,
             "recipe": recipe.group(1).removesuffix("."), "command": command,
             "machine": machine.group(1) if machine else None, "image_size": int(size.group(1)) if size else None}
 
@@ -92,31 +92,26 @@ def cpu_name() -> str:
 
 
 def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str,
-         first: dict | None = None, machine: str | None = None) -> str:
-    """first: the first cycle of a two-cycle run (keys run, steps, evals, settings, command), or None."""
+         first: dict | None = None) -> str:
+    """first: the first cycle of a two-cycle run (keys run, evals, seconds, recipe, command, machine, image_size;
+    from its run folder in main() or its shipped card in first_from_card), or None."""
     last = evals[-1]
     cfg = loaded.config
-    machine = machine or cpu_name()
+    machine = cpu_name()
     seconds = step_seconds(steps, settings)
     where = machine
-    if first:
-        f_seconds = first["seconds"] if "seconds" in first else step_seconds(first["steps"], first["settings"])
-        f_machine = first.get("machine") or machine
-        if f_machine != machine:
-            where = (f"first cycle {f_seconds / 3600:.2f} h on {f_machine}, second {seconds / 3600:.2f} h on "
-                     f"{machine}")
-        seconds += f_seconds
     recipe, curves = recipe_line(settings), curve(evals)
     after = f"{last['step']:,} optimizer steps ({last['epoch']:g} epochs)"
-    if first and first["evals"][-1].get("step"):
-        f_last = first["evals"][-1]
-        after = (f"{f_last['step']:,} + {last['step']:,} optimizer steps ({f_last['epoch']:g} + {last['epoch']:g} "
-                 "epochs, two cycles)")
     autocast = "bf16 autocast" if settings.get("precision") == "bf16" else settings.get("precision") or "fp32"
     reproduce = f"    {command}\n    python scripts/ship_weights.py {run} {name} --overwrite"
     if first:
-        f_last = first["evals"][-1]
-        f_recipe = first.get("recipe") or recipe_line(first["settings"])
+        f_last, f_machine = first["evals"][-1], first.get("machine") or machine
+        if f_machine != machine:
+            where = (f"first cycle {first['seconds'] / 3600:.2f} h on {f_machine}, second {seconds / 3600:.2f} h on "
+                     f"{machine}")
+        seconds += first["seconds"]
+        after = (f"{f_last['step']:,} + {last['step']:,} optimizer steps ({f_last['epoch']:g} + {last['epoch']:g} "
+                 "epochs, two cycles)")
         f_size = first.get("image_size")
         if f_size and f_size != cfg.image_size:  # section 3.2: fine-tune at a higher resolution than pre-training
             kind = (f"Pre-training at {f_size} px, then fine-tuning at {cfg.image_size} px on the same data "
@@ -125,12 +120,12 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
         else:
             kind = "Two cosine cycles (a warm restart)"
         recipe = (f"{kind}. First cycle, {f_last['epoch']:g} epochs from a random "
-                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): {f_recipe}.\n\n"
+                  f"initialisation ({100 * f_last['top1']:.2f} % at its end): {first['recipe']}.\n\n"
                   f"Second cycle, {last['epoch']:g} epochs from the first cycle's weights, with a fresh optimizer: "
                   f"{recipe}.")
         curves = f"first cycle {curve(first['evals'])}; second cycle {curves}"
         reproduce = (f"    {first['command']}\n    {command}\n    python scripts/ship_weights.py {run} {name} "
-                     f"--first {first.get('first_run', first['run'])} --overwrite")
+                     f"--first {first['run']} --overwrite")
     if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
         stages = cfg.resnet.get("layers") or []
         stem = "root block only" if not stages else f"root block + stages {stages}"
@@ -157,8 +152,8 @@ A {cfg.name} ({arch}, {loaded.model.num_params():,} parameters) trained from a r
   each epoch; the last one is shipped (no early stopping on the validation split).
 - Top-1 by epoch: {curves}.
 - Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not
-  counted) on 2 CPU cores ({where}, torch {torch.__version__.split("+")[0]}, {autocast}), shared with other work, so the time is an upper
-  bound for an idle machine.
+  counted) on 2 CPU cores ({where}, torch {torch.__version__.split("+")[0]}, {autocast}), shared with other work,
+  so the time is an upper bound for an idle machine.
 
 ## Data
 Tiny ImageNet (cs231n, Stanford): 200 ImageNet classes at 64x64. The copy used had 250 of the 500 training images
@@ -190,7 +185,7 @@ def main() -> int:
     p.add_argument("--first", type=Path, help="the first cycle's run, when RUN continued it (--init) with a "
                    "second one (FIRST=RUN benchmarks/pretrain_tiny_imagenet.sh); or, where that run is gone, the "
                    "folder the first cycle was shipped to (its MODEL_CARD.md gives the record)")
-    p.add_argument("--first-run", help="with --first FOLDER: the first cycle's run folder to name in the card's "
+    p.add_argument("--first-run", help="the first cycle's run folder to name in the card's "
                    "reproduce commands (default: --first)")
     p.add_argument("--first-command", default="benchmarks/pretrain_tiny_imagenet.sh",
                    help="what reproduces the first cycle")
@@ -210,13 +205,13 @@ def main() -> int:
     first = None
     if a.first is not None and not (a.first / "metrics.jsonl").exists() and (a.first / "MODEL_CARD.md").exists():
         first = first_from_card(a.first, a.first_command)
-        if a.first_run:
-            first["first_run"] = a.first_run
     elif a.first is not None:
         f_steps, f_evals = read_metrics(a.first / "metrics.jsonl")
         f_settings = (load_train_state(a.first / "checkpoint") or {}).get("settings", {})
-        first = {"run": a.first, "steps": f_steps, "evals": f_evals, "settings": f_settings,
-                 "command": a.first_command, "image_size": load(a.first / "checkpoint").config.image_size}
+        first = {"evals": f_evals, "seconds": step_seconds(f_steps, f_settings), "recipe": recipe_line(f_settings),
+                 "command": a.first_command, "image_size": read_config(a.first / "checkpoint")["model"]["image_size"]}
+    if first is not None:
+        first["run"] = a.first_run or a.first  # the run folder the card's reproduce commands name
     top1 = round(100 * float(evals[-1]["top1"]), 2)  # percent, as the registry gives the published figures
     save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
     (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset, first))

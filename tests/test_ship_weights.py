@@ -3,9 +3,11 @@ including a run that continued another one (a second cosine cycle, --first)."""
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from vitkit import cli
@@ -66,7 +68,6 @@ def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is
     size = json.loads((one / "config.json").read_text())["model"]["image_size"]
     assert cli.main(["train", "--init", str(one), *TINY, "--steps", "2", "--lr", "5e-4", "--seed", "1",
                      "--image-size", str(size + 8), "--out", str(second)]) == 0  # a higher-resolution second stage
-    import shutil
     shutil.rmtree(first)  # the first cycle's run is lost; its card remains
     # the second cycle replaces the first under the same name, reading the first's card before writing
     monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(second), "Tiny-one", "--first", str(one),
@@ -87,9 +88,5 @@ def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is
     assert h2 >= h1  # both cycles' time
     # a card that is not a one-cycle card of the script is refused, not guessed from
     monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(second), "Tiny-two", "--first", str(one)])
-    try:
+    with pytest.raises(SystemExit, match="is not a one-cycle card"):
         mod.main()
-    except SystemExit as e:
-        assert "is not a one-cycle card" in str(e)
-    else:
-        raise AssertionError("a two-cycle card was taken as a first cycle")
