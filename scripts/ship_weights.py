@@ -68,7 +68,7 @@ def first_from_card(folder: Path, command: str) -> dict:
     size = re.search(r" at (\d+) px: vitkit's own pre-trained model", text)
     recipe = re.search(r"## Recipe\n(recipe [^\n]+)\n", text)
     if not (top and steps and curve_m and hours and recipe) or "second cycle" in curve_m.group(1):
-        raise SystemExit(f"ship_weights: error: {folder}/MODEL_CARD.md is not a one-cycle card of this script "
+        raise ValueError(f"{folder}/MODEL_CARD.md is not a one-cycle card of this script "
                          "(top-1, steps, 'Top-1 by epoch', 'Training time', '## Recipe')")
     points = re.findall(r"([0-9.]+): ([0-9.]+) %", curve_m.group(1).replace("\n  ", " "))
     evals = [{"epoch": float(e), "top1": float(t) / 100} for e, t in points]
@@ -204,7 +204,11 @@ def main() -> int:
     settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
     first = None
     if a.first is not None and not (a.first / "metrics.jsonl").exists() and (a.first / "MODEL_CARD.md").exists():
-        first = first_from_card(a.first, a.first_command)
+        try:
+            first = first_from_card(a.first, a.first_command)
+        except ValueError as e:
+            print(f"ship_weights: error: {e}", file=sys.stderr)
+            return 2
     elif a.first is not None:
         f_steps, f_evals = read_metrics(a.first / "metrics.jsonl")
         f_settings = (load_train_state(a.first / "checkpoint") or {}).get("settings", {})
