@@ -33,6 +33,14 @@ def test_small_image_hybrid_param_counts_by_hand():
             model = create_model(name)
         assert model.cfg.image_size == 32 and model.cfg.grid_size == 4
         assert model.num_params() == root + embed + depth * block + head, name
+    # R1+ViT-Mini/8: one bottleneck unit (64 -> mid 64 -> 256, stride 1) after the root, so the 2x2 patches read 256
+    # channels: a 1x1 projection shortcut + GN 256, then 1x1, 3x3, 1x1 StdConvs (no bias) each with its GroupNorm
+    unit = (64 * 256 + 2 * 256) + (64 * 64 + 2 * 64) + (9 * 64 * 64 + 2 * 64) + (64 * 256 + 2 * 256)
+    embed = 256 * 2 * 2 * d + d + d + tokens * d
+    with torch.device("meta"):
+        model = create_model("R1+ViT-Mini/8")
+    assert model.cfg.image_size == 32 and model.cfg.grid_size == 4 and model.cfg.stem_stride == 8
+    assert model.num_params() == root + unit + embed + 6 * block + head == 3_147_368
 
 
 def test_variants_parse():

@@ -77,6 +77,10 @@ def hybrid_variants() -> dict[str, dict]:
         # ViT-Mini/7 at equal training time (benchmarks/fmnist_from_scratch.py), as the paper's Fig. 5 has
         # hybrids ahead at small compute.
         "R+ViT-Mini/8": dict(size="Mini", patch_size=2, resnet={"layers": [], "width": 1}, image_size=32),
+        # the same root block and one bottleneck unit after it (BiT's first stage, 64 -> 256 channels, stride 1):
+        # more of the convolutional bias the paper's hybrids get from their ResNet stages, for 1.3x the step time
+        # of R+ViT-Mini/8 at 64 px (docs/transfer.md, "A bottleneck unit in the stem")
+        "R1+ViT-Mini/8": dict(size="Mini", patch_size=2, resnet={"layers": [1], "width": 1}, image_size=32),
         # the same stem under the twice-as-deep Ti Transformer: the second hybrid size of the compute study
         "R+ViT-Ti/8": dict(size="Ti", patch_size=2, resnet={"layers": [], "width": 1}, image_size=32),
         # seconds-long smoke tests (like ViT-testing/4): the same layout with the testing-size Transformer
