@@ -128,7 +128,8 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
                      f"--first {first['run']} --overwrite")
     if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
         stages = cfg.resnet.get("layers") or []
-        stem = "root block only" if not stages else f"root block + stages {stages}"
+        units = "unit" if stages == [1] else "units per stage"
+        stem = "root block only" if not stages else f"root block + {'/'.join(map(str, stages))} bottleneck {units}"
         arch = (f"hybrid: a BiT-style ResNet stem ({stem}, stride {cfg.stem_stride // cfg.patch_size}) whose feature "
                 f"map is cut into {cfg.patch_size}x{cfg.patch_size} patches, one token per "
                 f"{cfg.stem_stride}x{cfg.stem_stride} pixels, then a ViT of {cfg.depth} blocks, width "

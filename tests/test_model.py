@@ -220,3 +220,37 @@ def test_keep_freed_memory_takes_effect_on_glibc():
 
     ok = keep_freed_memory()
     assert ok == (platform.libc_ver()[0] == "glibc")
+
+
+def test_drop_path_drops_whole_examples_and_keeps_the_expectation():
+    """Stochastic depth: each example's branch is all zero or all scaled by 1/(1-p); about p of them are zero."""
+    from vitkit.model import drop_path
+
+    torch.manual_seed(0)
+    x = torch.ones(4000, 5, 3)
+    y = drop_path(x, 0.25, training=True)
+    per_example = y.flatten(1)
+    dropped = (per_example == 0).all(1)
+    kept = (per_example == 1 / 0.75).all(1)
+    assert bool((dropped | kept).all())
+    se = math.sqrt(0.25 * 0.75 / 4000)
+    assert abs(dropped.float().mean().item() - 0.25) < 4 * se
+    assert torch.equal(drop_path(x, 0.25, training=False), x) and torch.equal(drop_path(x, 0.0, training=True), x)
+
+
+def test_drop_path_rates_rise_linearly_and_leave_evaluation_unchanged():
+    torch.manual_seed(0)
+    cfg = variant_config("ViT-testing/4", num_classes=5, depth=4, drop_path=0.3)
+    model = ViT(cfg)
+    assert [b.drop_path_rate for b in model.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    torch.nn.init.normal_(model.head.weight)  # the zero head would hide differences in the logits
+    plain = ViT(cfg.replace(drop_path=0.0))
+    plain.load_state_dict(model.state_dict())  # stochastic depth has no parameters: the same state dict
+    x = torch.randn(64, 3, 32, 32)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=0, rtol=0)
+        model.train(), plain.train()
+        assert not torch.equal(model(x), plain(x))  # in training some examples skip blocks
+    with pytest.raises(Exception, match="drop_path must be a rate"):
+        variant_config("ViT-testing/4", drop_path=1.0)

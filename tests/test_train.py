@@ -241,3 +241,15 @@ def test_fmnist_benchmark_script_runs_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "MISS: >= 90% within 10 minutes" in text and "MISS: >= 90% within 5 minutes" in text
     assert f"test top-1       {100 * r['top1']:.2f}%" in text
+
+
+def test_drop_path_flag_reaches_a_fresh_and_a_fine_tuned_model(tiny_run, tmp_path):
+    r = train(TrainSettings(**TINY, steps=1, drop_path=0.2, out=str(tmp_path / "dp")))
+    model = vitkit.load(r["checkpoint"]).model
+    assert model.cfg.drop_path == 0.2 and model.blocks[-1].drop_path_rate == pytest.approx(0.2)
+    r = train(TrainSettings(**TINY, steps=1, drop_path=0.1, init=str(tiny_run[0] / "checkpoint"),
+                            out=str(tmp_path / "ft")))
+    assert vitkit.load(r["checkpoint"]).model.cfg.drop_path == 0.1
+    assert vitkit.load(tiny_run[0] / "checkpoint").model.cfg.drop_path == 0.0
+    with pytest.raises(UserError, match="--drop-path"):
+        train(TrainSettings(**{**TINY, "model": "BiT-testing"}, steps=1, drop_path=0.1, out=str(tmp_path / "bit")))

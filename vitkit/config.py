@@ -123,6 +123,9 @@ class ViTConfig:
     representation_size: Optional[int] = None  # pre-logits layer (tanh) of the pre-training head
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    # stochastic depth (Huang et al. 2016, as AugReg trains ViTs): in training, each residual branch of block l is
+    # dropped for a whole example with probability drop_path * l / (depth - 1); no effect in evaluation
+    drop_path: float = 0.0
     layer_norm_eps: float = 1e-6  # flax default, used by the official code (HF uses 1e-12)
     gelu_approximate: str = "tanh"  # jax.nn.gelu default as the official code uses it; HF/timm use "none"
     qkv_bias: bool = True
@@ -139,6 +142,10 @@ class ViTConfig:
                 raise UserError(f"model config {name} must be a positive integer, got {value!r}")
         if self.classifier not in CLASSIFIERS:
             raise UserError(f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
+        for name in ("dropout", "attention_dropout", "drop_path"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise UserError(f"model config {name} must be a rate in [0, 1), got {value!r}")
         if self.pos_embed not in POS_EMBEDS:
             raise UserError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.hidden_size % self.num_heads:

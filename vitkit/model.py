@@ -105,11 +105,22 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x), approximate=self.approximate))))
 
 
-class Block(nn.Module):
-    """Pre-LN Transformer encoder block: Eq. 2 and Eq. 3."""
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: in training, zero a residual branch for a random fraction p of the examples and scale
+    the others by 1 / (1 - p), so its expected value is unchanged; the identity in evaluation."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device).bernoulli_(1.0 - p)
+    return x * (keep / (1.0 - p)).to(x.dtype)
 
-    def __init__(self, cfg: ViTConfig):
+
+class Block(nn.Module):
+    """Pre-LN Transformer encoder block: Eq. 2 and Eq. 3 (and stochastic depth on both branches, off by default:
+    not in the paper, it is how its follow-up, AugReg, regularises ViTs)."""
+
+    def __init__(self, cfg: ViTConfig, drop_path_rate: float = 0.0):
         super().__init__()
+        self.drop_path_rate = drop_path_rate
         d = cfg.hidden_size
         self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.attn = Attention(d, cfg.num_heads, cfg.qkv_bias, cfg.attention_dropout)
@@ -120,8 +131,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, return_attn: bool = False):
         a = self.attn(self.norm1(x), return_attn=return_attn)
         a, attn = a if return_attn else (a, None)
-        x = x + self.drop(a)
-        x = x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.drop(a), self.drop_path_rate, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
         return (x, attn) if return_attn else x
 
 
@@ -160,7 +171,7 @@ class ViT(nn.Module):
         elif cfg.pos_embed == "sincos2d":
             self.register_buffer("pos_embed_fixed", sincos_2d(g, d), persistent=False)
         self.pos_drop = perf.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg, cfg.drop_path * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)  # the official "encoder_norm"
         self.pre_logits = None
         if cfg.representation_size:  # pre-training head: one hidden layer with tanh

@@ -165,8 +165,9 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     from ..resnet import BiTConfig
 
     bit = isinstance(init_model.config if init_model is not None else default_config(s.model), BiTConfig)
-    if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout):
-        raise UserError("--classifier, --pos-embed, --gelu and --dropout are ViT settings; a BiT ResNet has none")
+    if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout or s.drop_path):
+        raise UserError("--classifier, --pos-embed, --gelu, --dropout and --drop-path are ViT settings; a BiT ResNet "
+                        "has none")
     if init_model is not None:
         from ..checkpoint.surgery import adapt
 
@@ -174,15 +175,17 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
             raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
         init = adapt(init_model, num_classes=num_classes, image_size=s.image_size)
         model, pre = init.model, init.preprocess  # preprocessing resized with the model
-        if s.dropout and s.dropout != model.cfg.dropout:
+        rates = {k: v for k, v in (("dropout", s.dropout), ("drop_path", s.drop_path))
+                 if v and v != getattr(model.cfg, k)}
+        if rates:
             state = model.state_dict()
-            model = model_from_config(model.cfg.replace(dropout=s.dropout))
+            model = model_from_config(model.cfg.replace(**rates))
             model.load_state_dict(state)
         return model, pre
     base = default_config(s.model)
     stride = 1 if bit else base.stem_stride  # a ResNet takes any size (global average pooling)
     image_size = s.image_size or (native if native and native % stride == 0 else base.image_size)
-    vit_only = {} if bit else dict(classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout,
+    vit_only = {} if bit else dict(classifier=s.classifier, pos_embed=s.pos_embed, dropout=s.dropout, drop_path=s.drop_path,
                                    **({} if s.gelu is None else {"gelu_approximate": GELU[s.gelu]}))
     try:
         model = create_model(s.model, num_classes=num_classes, image_size=image_size, in_chans=data_channels,

@@ -55,6 +55,8 @@ class Recipe:
     pos_embed: Optional[str] = flag(None, "position embedding (default: the variant's, learned)",
                                     choices=("learned", "learned2d", "sincos2d", "none"), group=WHAT)
     dropout: float = flag(0.0, "dropout rate", type=FRACTION, group=WHAT)
+    drop_path: float = flag(0.0, "stochastic depth: the rate at the last block, rising linearly from 0 at the first "
+                            "(ViT only)", type=FRACTION, group=WHAT)
     # For training from scratch on CPU "erf" is the faster one: PyTorch's CPU kernel for the tanh form is slower
     # (measured in benchmarks/README.md). A pre-trained (--init) model keeps the GELU it was trained with.
     gelu: Optional[str] = flag(None, "GELU of a fresh model: tanh approximation (the official code's; the "
