@@ -251,5 +251,9 @@ def test_drop_path_flag_reaches_a_fresh_and_a_fine_tuned_model(tiny_run, tmp_pat
                             out=str(tmp_path / "ft")))
     assert vitkit.load(r["checkpoint"]).model.cfg.drop_path == 0.1
     assert vitkit.load(tiny_run[0] / "checkpoint").model.cfg.drop_path == 0.0
+    # the pre-training run's rate is not inherited: fine-tuning the drop-path run without the flag has none
+    r = train(TrainSettings(**TINY, steps=1, init=str(tmp_path / "dp" / "checkpoint"), out=str(tmp_path / "ft0")))
+    ft = vitkit.load(r["checkpoint"]).model
+    assert ft.cfg.drop_path == 0.0 and all(b.drop_path_rate == 0.0 for b in ft.blocks)
     with pytest.raises(UserError, match="--drop-path"):
         train(TrainSettings(**{**TINY, "model": "BiT-testing"}, steps=1, drop_path=0.1, out=str(tmp_path / "bit")))

@@ -175,8 +175,9 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
             raise UserError("--classifier, --pos-embed and --gelu cannot change a pre-trained (--init) model")
         init = adapt(init_model, num_classes=num_classes, image_size=s.image_size)
         model, pre = init.model, init.preprocess  # preprocessing resized with the model
-        rates = {k: v for k, v in (("dropout", s.dropout), ("drop_path", s.drop_path))
-                 if v and v != getattr(model.cfg, k)}
+        # training-time regularisation belongs to this run, not to the checkpoint: a model pre-trained with
+        # stochastic depth or dropout fine-tunes without them unless the flags ask (the official fine-tuning has none)
+        rates = {k: v for k, v in (("dropout", s.dropout), ("drop_path", s.drop_path)) if v != getattr(model.cfg, k)}
         if rates:
             state = model.state_dict()
             model = model_from_config(model.cfg.replace(**rates))
