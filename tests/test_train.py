@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,18 @@ def test_drop_path_flag_reaches_a_fresh_and_a_fine_tuned_model(tiny_run, tmp_pat
     assert ft.cfg.drop_path == 0.0 and all(b.drop_path_rate == 0.0 for b in ft.blocks)
     with pytest.raises(UserError, match="--drop-path"):
         train(TrainSettings(**{**TINY, "model": "BiT-testing"}, steps=1, drop_path=0.1, out=str(tmp_path / "bit")))
+
+
+def test_resume_may_change_precision_and_says_it_is_not_exact(tmp_path, capsys):
+    """A bf16 run continued on a machine without bf16 (where bf16 is emulated, 24x slower) goes on in fp32 with a
+    note, like a change of --device; the settings that define the run still may not change."""
+    out = str(tmp_path / "r")
+    train(TrainSettings(**TINY, steps=2, out=out))
+    capsys.readouterr()
+    r = train(TrainSettings(**{**TINY, "precision": "bf16"}, steps=3, out=out, resume=True))
+    assert "continues a fp32 run in bf16; from step 2 on" in capsys.readouterr().err
+    from vitkit.checkpoint.io import load_train_state
+    state = load_train_state(Path(r["checkpoint"]))
+    assert state["step"] == 3 and state["settings"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="--seed"):
+        train(TrainSettings(**TINY, steps=4, seed=1, out=out, resume=True))

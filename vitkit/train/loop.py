@@ -417,6 +417,10 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
             raise UserError(f"--resume: no checkpoint to resume in {out} (expected {ckpt_dir / TRAIN_STATE})")
         saved = load_train_state(ckpt_dir)
         _check_resumed_settings(s, saved)
+        was = saved.get("settings", {}).get("precision", s.precision)
+        if was != s.precision:  # like --device: allowed (a bf16 run on a machine without bf16 would crawl), not exact
+            _say(f"vitkit train: note: --resume continues a {was} run in {s.precision}; from step {saved['step']} on "
+                 f"it is not the run an uninterrupted {was} run gives (within noise, not the same bits)", info.is_main)
     elif info.is_main:
         earlier = _existing_run(out)
         if earlier and not s.overwrite:

@@ -98,7 +98,7 @@ class Recipe:
     flip: bool = flag(True, "horizontal flips, where the dataset allows them (not for digits)", group=REG)
     precision: str = flag("auto", "bf16 autocast, fp32, or auto (default): bf16 where the hardware has it (CUDA, "
                           "CPUs with AVX512-BF16 or AMX), else fp32", choices=("auto", "fp32", "bf16"),
-                          group="execution")
+                          group="execution", resumable=True)
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
