@@ -177,7 +177,8 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
         model, pre = init.model, init.preprocess  # preprocessing resized with the model
         # training-time regularisation belongs to this run, not to the checkpoint: a model pre-trained with
         # stochastic depth or dropout fine-tunes without them unless the flags ask (the official fine-tuning has none)
-        rates = {k: v for k, v in (("dropout", s.dropout), ("drop_path", s.drop_path)) if v != getattr(model.cfg, k)}
+        rates = {} if bit else {k: v for k, v in (("dropout", s.dropout), ("drop_path", s.drop_path))
+                                if v != getattr(model.cfg, k)}
         if rates:
             state = model.state_dict()
             model = model_from_config(model.cfg.replace(**rates))
