@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 import vitkit
+from imagefolders import write_folder
 from vitkit.checkpoint.io import save_checkpoint
 from vitkit.data.preprocess import Preprocess
 from vitkit.eval.features import extract_features, load_split, model_inputs
@@ -24,32 +24,19 @@ def _script():
     return mod
 
 
-def _folder(root: Path, classes: int, per_class: int = 6) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                base = np.zeros((40, 48, 3), np.uint8) + np.uint8(60 * c)
-                img = np.clip(base + rng.integers(0, 80, base.shape), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize("classes", [3, 2])
 def test_head_is_the_probe(tmp_path, classes):
     ckpt = save_checkpoint(tmp_path / "pre", create_model("ViT-testing/4", num_classes=5, image_size=16),
                            Preprocess(image_size=16, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3))
-    folder = _folder(tmp_path / "data", classes)
-    _script().main([str(ckpt), f"imagefolder:{folder}", str(tmp_path / "out"), "--C", "0.5"])
+    spec = write_folder(tmp_path / "data", n_train=6, classes=classes)
+    _script().main([str(ckpt), spec, str(tmp_path / "out"), "--C", "0.5"])
 
     out = vitkit.load(tmp_path / "out")
-    images, labels, names = load_split(f"imagefolder:{folder}", "train", out)
+    images, labels, names = load_split(spec, "train", out)
     assert out.model.cfg.num_classes == classes and out.class_names == names
     feats = extract_features(out, images).astype(np.float64)
     ref = LogisticRegression(max_iter=5000, C=0.5).fit(feats, labels).decision_function(feats)
-    w, b = (out.model.head.weight.detach().double().numpy(), out.model.head.bias.detach().double().numpy())
+    w, b = out.model.head.weight.detach().double().numpy(), out.model.head.bias.detach().double().numpy()
     logits = feats @ w.T + b
     got = logits if classes > 2 else logits[:, 1] - logits[:, 0]  # a binary probe's one logit difference
     np.testing.assert_allclose(got, ref, atol=1e-4)

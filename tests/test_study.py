@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from imagefolders import write_folder
 from vitkit.cli import main
 from vitkit.data.datasets import first_per_class, iterate_batches, load_dataset, load_embedded, subset_per_class
 from vitkit.study import run as study_run
@@ -31,23 +32,8 @@ def test_first_per_class_is_balanced_nested_and_in_order():
     assert small <= large
 
 
-def _write_folder(root: Path, n_train: int = 12, n_test: int = 6, classes: int = 3, size: int = 16) -> str:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (200, 200, 30)][:classes]
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c, col in enumerate(colours):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                px = np.clip(np.array(col) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(px).save(d / f"{i:03d}.png")
-    return f"imagefolder:{root}"
-
-
 def test_subset_of_an_image_folder_reads_the_chosen_images(tmp_path):
-    spec = _write_folder(tmp_path / "f", n_train=4, n_test=1)
+    spec = write_folder(tmp_path / "f", n_train=4, n_test=1)
     ds = load_dataset(spec, "train", image_size=8, channels=3)
     sub = subset_per_class(ds, 0.5)
     assert len(sub) == 6 and sorted(sub.labels.tolist()) == [0, 0, 1, 1, 2, 2]
@@ -73,7 +59,7 @@ GRID = Grid("data-scale", (Cell("ViT-testing/4", 0.1, 6), Cell("ViT-testing/4", 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
-    spec = _write_folder(tmp / "transfer")
+    spec = write_folder(tmp / "transfer")
     sr = StudyRun(GRID, tmp / "out", tmp / "cells", dataset="embedded", transfers=[Transfer(spec)], device="cpu",
                   say=lambda line: None)
     return sr, run_study(sr)
@@ -177,7 +163,7 @@ def test_identical_cells_are_reused_from_another_studys_results(study, tmp_path,
 def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path):
     from vitkit.train.loop import train
 
-    spec = _write_folder(tmp_path / "transfer")
+    spec = write_folder(tmp_path / "transfer")
     grid = GRID.replace(cells=(Cell("ViT-testing/4", 0.1, 6),))
     sr = StudyRun(grid, tmp_path / "out", tmp_path / "cells", dataset="embedded", transfers=[Transfer(spec)],
                   device="cpu", say=lambda line: None)
@@ -194,7 +180,7 @@ def test_an_interrupted_cell_continues_from_its_checkpoint(tmp_path):
 
 
 def test_a_cell_killed_before_its_first_checkpoint_starts_again(tmp_path):
-    spec = _write_folder(tmp_path / "transfer")
+    spec = write_folder(tmp_path / "transfer")
     grid = GRID.replace(cells=(Cell("ViT-testing/4", 0.1, 6),))
     sr = StudyRun(grid, tmp_path / "out", tmp_path / "cells", dataset="embedded", transfers=[Transfer(spec)],
                   device="cpu", say=lambda line: None)

@@ -13,6 +13,7 @@ import torch
 import vitkit
 from runlogs import tensorboard_scalars
 from test_data import needs_fmnist
+from vitkit.checkpoint.io import load_train_state
 from vitkit.errors import UserError
 from vitkit.train.loop import TrainSettings, to_channels, train
 from vitkit.train.optim import build_optimizer, lr_factor, no_decay_names, param_groups
@@ -268,7 +269,6 @@ def test_resume_may_change_precision_and_says_it_is_not_exact(tmp_path, capsys):
     capsys.readouterr()
     r = train(TrainSettings(**{**TINY, "precision": "bf16"}, steps=3, out=out, resume=True))
     assert "continues a fp32 run in bf16; from step 2 on" in capsys.readouterr().err
-    from vitkit.checkpoint.io import load_train_state
     state = load_train_state(Path(r["checkpoint"]))
     assert state["step"] == 3 and state["settings"]["precision"] == "bf16"
     with pytest.raises(UserError, match="--seed"):
