@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_study import SHARED, _write_folder, vit_testing_flops
+from imagefolders import write_folder
+from test_study import SHARED, vit_testing_flops
 from vitkit.data.datasets import load_dataset, load_embedded, random_indices
 from vitkit.study import run as study_run
 from vitkit.study.grids import GRIDS, Cell, Grid
@@ -27,7 +28,7 @@ def study(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine is shared; these models are tiny
     tmp = tmp_path_factory.mktemp("mpp")
-    spec = _write_folder(tmp / "transfer")
+    spec = write_folder(tmp / "transfer")
     sr = StudyRun(GRID, tmp / "out", tmp / "cells", dataset="embedded", transfers=[Transfer(spec)], device="cpu",
                   say=lambda line: None)
     try:
@@ -191,7 +192,7 @@ def test_sample_test_draws_from_every_class_of_a_sorted_folder(tmp_path):
     from vitkit.runtime import load_split
     from vitkit.train.loop import TrainSettings, load_data, train
 
-    spec = _write_folder(tmp_path / "f", n_train=8, n_test=6)  # 3 classes, sorted: 0 x 6, 1 x 6, 2 x 6
+    spec = write_folder(tmp_path / "f", n_train=8, n_test=6)  # 3 classes, sorted: 0 x 6, 1 x 6, 2 x 6
     first = load_data(TrainSettings(dataset=spec, image_size=16, limit_test=6), None)
     assert first.n_test == 6 and set(np.asarray(first.test.labels)[:6].tolist()) == {0}  # why --limit-test will not do
     s = TrainSettings(dataset=spec, image_size=16, sample_train=12, sample_test=6)
