@@ -59,6 +59,11 @@ class TrainSettings(Recipe):
 
     init: Optional[str] = flag(None, "fine-tune from this checkpoint (any format vitkit reads)", metavar="CKPT",
                                group=WHAT)
+    teacher: Optional[str] = flag(None, "distil from this checkpoint: each target mixes the label with its class "
+                                  "probabilities on the same augmented image (a comma list: their mean, an "
+                                  "ensemble); see --distill-weight", metavar="CKPT[,CKPT]", group=WHAT)
+    distill_weight: float = flag(0.5, "with --teacher: the teachers' share W of each target (1 - W: the label)",
+                                 type=Number(float, min=0, max=1), metavar="W", group=WHAT)
     data_dir: Optional[str] = flag(None, "where the dataset files are", metavar="DIR", group=WHAT, resumable=True)
     micro_batch: Optional[int] = flag(None, "examples per forward pass (gradient accumulation)",
                                       type=Number(int, min=1), group=LONG, resumable=True)
@@ -295,6 +300,7 @@ class Run:
     out: Path
     saved: Optional[dict]  # train_state.pt of the run being resumed
     init_model: Any  # the --init checkpoint, loaded once
+    teachers: dict = dataclasses.field(default_factory=dict)  # --teacher: {as given: LoadedModel, eval, no grad}
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -431,7 +437,24 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
             _remove_run(out)
     D.barrier()
 
-    return Run(s, info, out, saved, _seed_and_load_init(s))
+    return Run(s, info, out, saved, _seed_and_load_init(s), _load_teachers(s, info.device))
+
+
+def _load_teachers(s: TrainSettings, device) -> dict:
+    """--teacher's checkpoints (names, paths or URLs; a comma list), in eval mode without gradients, on `device`."""
+    if not s.teacher:
+        return {}
+    from ..checkpoint.io import load
+
+    specs = [t.strip() for t in s.teacher.split(",")]
+    if not all(specs):
+        raise UserError(f"--teacher {s.teacher!r}: an empty name in the comma list")
+    teachers = {}
+    for spec in specs:
+        t = load(spec)
+        t.model.to(device).eval().requires_grad_(False)
+        teachers[spec] = t
+    return teachers
 
 
 def _seed_and_load_init(s: TrainSettings):
@@ -537,6 +560,11 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
         src = _existing(run.ckpt_dir)
         load_state_dict_strict(core, load_file(str(src / WEIGHTS)), str(src / WEIGHTS))
     objective = get_objective(s.objective)
+    if run.teachers:
+        from .objectives import Distill, check_teachers
+
+        check_teachers(run.teachers, data.class_names)
+        objective = Distill(list(run.teachers.values()), s.distill_weight)
     trained = objective.module(core, preprocess)
     if run.saved is not None:
         objective.load_extra_state(trained, run.saved.get("objective_state"))
@@ -771,7 +799,9 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
              f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
              f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
              f"lr {s.lr:g}, {s.precision}, {info.device}"
-             + (", masked patch prediction (labels unused)" if s.objective == "mpp" else ""), info.is_main)
+             + (", masked patch prediction (labels unused)" if s.objective == "mpp" else "")
+             + (f", distilling {len(run.teachers)} teacher{'s' if len(run.teachers) > 1 else ''} (weight "
+                f"{s.distill_weight:g})" if run.teachers else ""), info.is_main)
         try:
             fit(run, data, plan, parts, progress, logger, on_step)
         finally:

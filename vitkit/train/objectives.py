@@ -1,6 +1,8 @@
 """What the training loop optimises: the `objective` setting (`vitkit train --objective`, or a recipe's default).
 
 * ``classify`` -- the labels, by (soft-target) cross-entropy of the ViT's logits; evaluation is top-1/top-5.
+  With `--teacher CKPT[,CKPT...]` it distils (``Distill``): the target is mixed with the teachers' class
+  probabilities on the same augmented batch.
 * ``mpp`` -- masked patch prediction (paper section 4.6, appendix B.1.2; vitkit/mpp.py), self-supervised: the
   labels are never read. The trained module is MPPModel(vit), the ViT plus a [mask] embedding and a 512-way
   colour head; the checkpoint written is the ViT alone, an ordinary one that `--init`, `vitkit fewshot` and the
@@ -61,10 +63,72 @@ class Classify:
         return summarize(counts, class_names)
 
 
+class Distill(Classify):
+    """``classify`` with teachers (`vitkit train --teacher CKPT[,CKPT...] --distill-weight W`): knowledge
+    distillation (Hinton et al. 2015, arXiv 1503.02531, at temperature 1), each student image's target being
+
+        (1 - W) * its label (smoothed, mixed as --label-smoothing/--mixup/--cutmix say) + W * p_teachers(image)
+
+    where p_teachers is the mean class probability of the teachers on exactly the augmented image the student sees
+    (the "consistent" teaching of Beyer et al. 2022, arXiv 2106.05237, big_vision's distillation). Several teachers
+    make an ensemble, whose mean probability is usually better than each member's; distilling it gives one model
+    of the student's size. The loss is the soft-target cross-entropy, i.e. the KL divergence to that target plus a
+    constant. Teachers run in eval mode without gradients, inside the step's autocast; each reads the uint8 batch
+    through its own preprocessing (size, channels, normalisation), so it may be another architecture or size; it
+    must have the dataset's classes in the dataset's order (checked by count here and by name where both have
+    names). Only the student is saved; resuming needs the same teachers (--teacher is part of the run)."""
+
+    def __init__(self, teachers: list, weight: float):
+        self.teachers, self.weight, self.pre = teachers, weight, None
+
+    def module(self, core: nn.Module, preprocess) -> nn.Module:
+        self.pre = preprocess
+        return core
+
+    def inputs(self, images: torch.Tensor, preprocess) -> torch.Tensor:
+        return images  # uint8: the student and each teacher normalise it their own way, in loss()
+
+    @torch.no_grad()
+    def teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
+        from ..runtime import to_model_input
+
+        probs = [t.model(to_model_input(images, t.preprocess, images.device)).float().softmax(-1)
+                 for t in self.teachers]
+        return torch.stack(probs).mean(0)
+
+    def loss(self, model, x: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from ..data.transforms import soft_target_cross_entropy
+
+        logits = model(self.pre.normalize(x)).float()
+        if not targets.is_floating_point():
+            targets = F.one_hot(targets.long(), logits.shape[-1]).float()
+        mixed = (1 - self.weight) * targets.float() + self.weight * self.teacher_probs(x)
+        return soft_target_cross_entropy(logits, mixed)
+
+
+def check_teachers(teachers: dict, names: list) -> None:
+    """teachers: {what --teacher named: LoadedModel}. Each must predict the dataset's classes: the same count, and
+    the same names in the same order unless its names are the placeholders 0..K-1; a UserError names the teacher
+    and what differs."""
+    for spec, t in teachers.items():
+        k = t.config.num_classes
+        if k != len(names):
+            raise UserError(f"--teacher {spec}: it predicts {k} classes, the dataset has {len(names)}; a teacher "
+                            "must have been trained on the same classes")
+        own, theirs = [str(c) for c in t.class_names], [str(c) for c in names]
+        if own != [str(i) for i in range(k)] and own != theirs:
+            i = next(i for i, (a, b) in enumerate(zip(own, theirs)) if a != b)
+            raise UserError(f"--teacher {spec}: its class {i} is {own[i]!r}, the dataset's is {theirs[i]!r}; a "
+                            "teacher must have the dataset's classes in the same order")
+
+
 class MaskedPatchPrediction(Classify):
     name = "mpp"
 
     def check(self, s) -> None:
+        if getattr(s, "teacher", None):
+            raise UserError("--teacher distils class probabilities; --objective mpp predicts colours and reads no "
+                            "labels: leave it out")
         if s.mixup or s.cutmix:
             raise UserError("--mixup and --cutmix blend images and labels; --objective mpp predicts each patch's own "
                             "colour and reads no labels: leave them at 0")

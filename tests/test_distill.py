@@ -1,0 +1,156 @@
+"""Knowledge distillation (`vitkit train --teacher CKPT[,CKPT] --distill-weight W`, vitkit/train/objectives.py):
+the loss against a hand computation, the teachers' own preprocessing, exact resume, and the refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitkit.model import create_model
+from vitkit.runtime import LoadedModel, Preprocess
+from vitkit.train.objectives import Classify, Distill
+
+from test_mpp import colour_folder
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def loaded(name: str, seed: int, image_size: int = 32, classes: int = 3, mean=(0.5, 0.5, 0.5)) -> LoadedModel:
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=classes, image_size=image_size).eval()
+    for p in model.parameters():  # a head that is not zero, so that the teachers' probabilities differ
+        torch.nn.init.normal_(p, std=0.2) if p.ndim > 1 else None
+    pre = Preprocess(image_size=image_size, mean=mean, std=(0.25, 0.25, 0.25), channels=3)
+    return LoadedModel(model, pre, [str(i) for i in range(classes)])
+
+
+def normalise(images: torch.Tensor, pre: Preprocess, size: int) -> torch.Tensor:
+    """By hand: bilinear resize (as vitkit.data.datasets.resize_batch), /255, (x - mean) / std."""
+    from vitkit.data.datasets import resize_batch
+
+    x = resize_batch(images, size) if images.shape[-1] != size else images
+    x = x.float() / 255
+    return (x - torch.tensor(pre.mean)[:, None, None]) / torch.tensor(pre.std)[:, None, None]
+
+
+def test_loss_is_the_cross_entropy_to_the_mixed_target_by_hand():
+    student = loaded("ViT-testing/4", 0)
+    # two teachers, one at another resolution and normalisation: each reads the uint8 batch its own way
+    t1, t2 = loaded("ViT-testing/4", 1), loaded("ViT-testing/8", 2, image_size=48, mean=(0.4, 0.5, 0.6))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    smooth = F.one_hot(labels, 3).float() * 0.9 + 0.1 / 3
+    w = 0.3
+    obj = Distill([t1, t2], w)
+    model = obj.module(student.model, student.preprocess)
+    x = obj.inputs(images, student.preprocess)
+    assert x.dtype == torch.uint8
+    with torch.no_grad():
+        got = obj.loss(model, x, smooth, torch.Generator())
+        p1 = t1.model(normalise(images, t1.preprocess, 32)).softmax(-1)
+        p2 = t2.model(normalise(images, t2.preprocess, 48)).softmax(-1)
+        assert not torch.allclose(p1, p2, atol=1e-3)
+        target = (1 - w) * smooth + w * (p1 + p2) / 2
+        logp = student.model(normalise(images, student.preprocess, 32)).log_softmax(-1)
+        want = -(target * logp).sum(-1).mean()
+    assert float(got) == pytest.approx(float(want), abs=1e-5)
+
+    # integer labels are one-hot; weight 0 is plain classification, to the bit
+    with torch.no_grad():
+        d0 = Distill([t1], 0.0)
+        zero = d0.loss(d0.module(student.model, student.preprocess), x, labels, torch.Generator())
+        plain = Classify().loss(model, Classify().inputs(images, student.preprocess), labels, torch.Generator())
+    assert float(zero) == pytest.approx(float(plain), abs=1e-6)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_with_two_teachers_and_resume_exactly(tmp_path, capsys, one_thread):
+    """Two teachers trained by vitkit (an ensemble: seeds 0 and 1) teach a student through the CLI; a
+    distilling run that dies after step 4 and is resumed from step 3 logs the same losses as an uninterrupted one."""
+    from vitkit import cli
+    from vitkit.checkpoint.io import load_train_state
+    from vitkit.train.loop import TrainSettings, train
+
+    folder = colour_folder(tmp_path / "photos")
+    common = ["--dataset", f"imagefolder:{folder}", "--image-size", "32", "--batch-size", "8", "--precision", "fp32",
+              "--no-progress", "--model", "ViT-testing/4"]
+    assert cli.main(["train", *common, "--steps", "3", "--out", str(tmp_path / "teacher")]) == 0
+    assert cli.main(["train", *common, "--steps", "3", "--seed", "1", "--out", str(tmp_path / "teacher1")]) == 0
+    teacher, teacher1 = (str(tmp_path / d / "checkpoint") for d in ("teacher", "teacher1"))
+    capsys.readouterr()
+    assert cli.main(["train", *common, "--steps", "2", "--teacher", f"{teacher},{teacher1}", "--distill-weight",
+                     "1", "--out", str(tmp_path / "student")]) == 0
+    printed = capsys.readouterr()
+    assert "distilling 2 teachers (weight 1)" in printed.out + printed.err
+    state = load_train_state(tmp_path / "student" / "checkpoint")
+    assert state["settings"]["teacher"] == f"{teacher},{teacher1}" and state["settings"]["distill_weight"] == 1
+    assert state["objective_state"] is None  # only the student is saved
+
+    run = dict(dataset=f"imagefolder:{folder}", image_size=32, model="ViT-testing/4", batch_size=8,
+               precision="fp32", progress=False, warmup_steps=1, save_every=3, eval_every=3, teacher=teacher,
+               distill_weight=0.5, randaugment=(2, 5))
+    train(TrainSettings(**run, steps=6, out=str(tmp_path / "ref")))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_4(record):
+        if record["step"] == 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut")), on_step=crash_after_step_4)
+    train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut"), resume=True))
+    ref, cut = metrics(tmp_path / "ref"), metrics(tmp_path / "cut")
+    assert [r.get("loss", r.get("eval_loss")) for r in ref] == [r.get("loss", r.get("eval_loss")) for r in cut]
+    # and the teacher changed the losses: the same run without it differs
+    train(TrainSettings(**{**run, "teacher": None}, steps=6, out=str(tmp_path / "plain")))
+    assert [r["loss"] for r in metrics(tmp_path / "plain") if "grad_norm" in r] != \
+        [r["loss"] for r in ref if "grad_norm" in r]
+
+
+def test_refusals_are_one_line_before_training(tmp_path, capsys):
+    from vitkit import cli
+
+    folder = colour_folder(tmp_path / "photos", per_class=2)
+    common = ["--dataset", f"imagefolder:{folder}", "--image-size", "32", "--batch-size", "4", "--no-progress",
+              "--model", "ViT-testing/4", "--steps", "1"]
+    wrong = tmp_path / "wrong"  # a checkpoint with 3 classes for a 2-class folder
+    from vitkit import save_checkpoint
+
+    save_checkpoint(wrong, loaded("ViT-testing/4", 0))
+    cases = [
+        (["--teacher", str(wrong)], f"--teacher {wrong}: it predicts 3 classes, the dataset has 2"),
+        (["--teacher", str(tmp_path / "nope")], "does not exist"),
+        (["--teacher", f"{wrong},"], "an empty name in the comma list"),
+        (["--teacher", str(wrong), "--distill-weight", "1.5"], "--distill-weight: expected a number from 0 to 1"),
+        (["--teacher", str(wrong), "--objective", "mpp"], "--teacher distils class probabilities"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        assert cli.main(["train", *common, *extra, "--out", str(tmp_path / f"run{i}")]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert not (tmp_path / f"run{i}" / "checkpoint").exists()
+
+
+def test_class_names_must_match_where_the_teacher_has_them():
+    from vitkit.errors import UserError
+    from vitkit.train.objectives import check_teachers
+
+    t = loaded("ViT-testing/4", 0, classes=2)
+    t.class_names = ["ants", "bees"]
+    check_teachers({"t": t}, ["ants", "bees"])
+    with pytest.raises(UserError, match=r"--teacher t: its class 0 is 'ants', the dataset's is 'bees'"):
+        check_teachers({"t": t}, ["bees", "ants"])
+    check_teachers({"t": loaded("ViT-testing/4", 0, classes=2)}, ["bees", "ants"])  # placeholder names: count only
