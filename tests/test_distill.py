@@ -154,3 +154,43 @@ def test_class_names_must_match_where_the_teacher_has_them():
     with pytest.raises(UserError, match=r"--teacher t: its class 0 is 'ants', the dataset's is 'bees'"):
         check_teachers({"t": t}, ["bees", "ants"])
     check_teachers({"t": loaded("ViT-testing/4", 0, classes=2)}, ["bees", "ants"])  # placeholder names: count only
+
+
+def test_ensemble_script_agrees_with_eval_and_a_hand_ensemble(tmp_path, capsys):
+    """benchmarks/ensemble_top1.py: each member's top-1 is vitkit's evaluate(); the ensemble's is the argmax of
+    the mean probability, computed here by hand."""
+    import importlib.util
+
+    import vitkit
+    from vitkit import save_checkpoint
+    from vitkit.data.datasets import load_dataset
+    from vitkit.eval.evaluate import evaluate
+
+    folder = colour_folder(tmp_path / "photos", per_class=6)
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"m{seed}")
+        m = loaded("ViT-testing/4", seed, classes=2)
+        m.class_names = ["class0", "class1"]
+        save_checkpoint(paths[-1], m)
+    spec = importlib.util.spec_from_file_location("ensemble_top1", Path(__file__).parents[1] / "benchmarks" /
+                                                  "ensemble_top1.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([*map(str, paths), "--dataset", f"imagefolder:{folder}", "--precision", "fp32"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    ds = load_dataset(f"imagefolder:{folder}", "test", image_size=32, channels=3)
+    members = [vitkit.load(p) for p in paths]
+    for p, m in zip(paths, members):
+        assert got["members"][str(p)] == pytest.approx(evaluate(m, ds)["top1"], abs=1e-9)
+    from vitkit.data.datasets import iterate_batches
+
+    x, labels = next(iterate_batches(ds, torch.arange(len(ds.labels)), 10_000))
+    with torch.no_grad():
+        probs = sum(normalise_and_run(m, x) for m in members) / 2
+    assert got["ensemble_top1"] == pytest.approx(float((probs.argmax(1) == labels.long()).float().mean()))
+    assert mod.main([str(paths[0]), "--dataset", "tiny-imagenet", "--data-dir", str(tmp_path)]) == 2
+
+
+def normalise_and_run(m, images: torch.Tensor) -> torch.Tensor:
+    return m.model(normalise(images, m.preprocess, m.config.image_size)).softmax(-1)
