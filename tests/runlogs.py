@@ -32,3 +32,32 @@ def tensorboard_scalars(out: Path, tag: str) -> list:
 
     acc = EventAccumulator(str(out / "tensorboard"), purge_orphaned_data=True).Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def metrics(out: Path) -> list:
+    """Every record of out/metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def uninterrupted_and_resumed(root: Path, steps: int, crash_after: int, **settings) -> tuple[list, list]:
+    """train() `steps` steps into root/ref; then the same run into root/cut, killed (an exception from on_step)
+    after step `crash_after` and resumed with --resume. Both runs' metrics records, for an exact-resume check."""
+    import pytest
+
+    from vitkit.train.loop import TrainSettings, train
+
+    train(TrainSettings(**settings, steps=steps, out=str(root / "ref")))
+
+    class Crash(Exception):
+        pass
+
+    def crash(record):
+        if record["step"] == crash_after:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(TrainSettings(**settings, steps=steps, out=str(root / "cut")), on_step=crash)
+    train(TrainSettings(**settings, steps=steps, out=str(root / "cut"), resume=True))
+    return metrics(root / "ref"), metrics(root / "cut")

@@ -12,6 +12,7 @@ from vitkit.model import create_model
 from vitkit.runtime import LoadedModel, Preprocess
 from vitkit.train.objectives import Classify, Distill
 
+from runlogs import metrics, uninterrupted_and_resumed
 from test_mpp import colour_folder
 
 
@@ -71,10 +72,6 @@ def test_loss_is_the_cross_entropy_to_the_mixed_target_by_hand():
     assert float(zero) == pytest.approx(float(plain), abs=1e-6)
 
 
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_train_with_two_teachers_and_resume_exactly(tmp_path, capsys, one_thread):
     """Two teachers trained by vitkit (an ensemble: seeds 0 and 1) teach a student through the CLI; a
     distilling run that dies after step 4 and is resumed from step 3 logs the same losses as an uninterrupted one."""
@@ -100,19 +97,7 @@ def test_train_with_two_teachers_and_resume_exactly(tmp_path, capsys, one_thread
     run = dict(dataset=f"imagefolder:{folder}", image_size=32, model="ViT-testing/4", batch_size=8,
                precision="fp32", progress=False, warmup_steps=1, save_every=3, eval_every=3, teacher=teacher,
                distill_weight=0.5, randaugment=(2, 5))
-    train(TrainSettings(**run, steps=6, out=str(tmp_path / "ref")))
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_step_4(record):
-        if record["step"] == 4:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut")), on_step=crash_after_step_4)
-    train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut"), resume=True))
-    ref, cut = metrics(tmp_path / "ref"), metrics(tmp_path / "cut")
+    ref, cut = uninterrupted_and_resumed(tmp_path, 6, 4, **run)
     assert [r.get("loss", r.get("eval_loss")) for r in ref] == [r.get("loss", r.get("eval_loss")) for r in cut]
     # and the teacher changed the losses: the same run without it differs
     train(TrainSettings(**{**run, "teacher": None}, steps=6, out=str(tmp_path / "plain")))

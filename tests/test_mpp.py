@@ -12,6 +12,8 @@ from vitkit.config import ViTConfig
 from vitkit.model import ViT, create_model
 from vitkit.mpp import KEPT, MASKED, RANDOM, UNCHANGED, MPPModel, corrupt, mean_color_target, num_colors
 
+from runlogs import metrics, uninterrupted_and_resumed
+
 SHARED_TIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-200"
 
 
@@ -256,12 +258,6 @@ def colour_folder(root: Path, per_class: int = 16, side: int = 32) -> Path:
     return root
 
 
-def metrics(out: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_vitkit_train_recipe_mpp_then_init_from_it(tmp_path, capsys, one_thread):
     from safetensors.torch import load_file
 
@@ -305,23 +301,9 @@ def test_mpp_run_resumed_matches_the_uninterrupted_one(tmp_path, one_thread):
     """The corruption is drawn from the augmentation generator, which train_state.pt restores: a run that dies after
     step 4 and is resumed from step 3 logs the same losses, bit for bit, as an uninterrupted one; so the [mask]
     embedding, the head and their Adam moments come back too."""
-    from vitkit.train.loop import TrainSettings, train
-
     run = dict(model="ViT-testing/4", objective="mpp", batch_size=32, limit_train=128, limit_test=32,
                precision="fp32", progress=False, warmup_steps=1, save_every=3, eval_every=3)
-    train(TrainSettings(**run, steps=6, out=str(tmp_path / "ref")))
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_step_4(record):
-        if record["step"] == 4:
-            raise Crash
-
-    with pytest.raises(Crash):  # dies after step 4; the last checkpoint is step 3's
-        train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut")), on_step=crash_after_step_4)
-    train(TrainSettings(**run, steps=6, out=str(tmp_path / "cut"), resume=True))
-    ref, cut = metrics(tmp_path / "ref"), metrics(tmp_path / "cut")
+    ref, cut = uninterrupted_and_resumed(tmp_path, 6, 4, **run)
     assert [r.get("loss", r.get("eval_loss")) for r in ref] == [r.get("loss", r.get("eval_loss")) for r in cut]
     assert len([r for r in ref if "grad_norm" in r]) == 6
 
