@@ -13,15 +13,7 @@ from vitkit.runtime import LoadedModel, Preprocess
 from vitkit.train.objectives import Classify, Distill
 
 from runlogs import metrics, uninterrupted_and_resumed
-from test_mpp import colour_folder
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_mpp import colour_folder, one_thread  # noqa: F401 (a fixture)
 
 
 def loaded(name: str, seed: int, image_size: int = 32, classes: int = 3, mean=(0.5, 0.5, 0.5)) -> LoadedModel:
