@@ -51,6 +51,21 @@ def recipe_line(settings: dict) -> str:
     return f"recipe {settings.get('name')}, then {', '.join(f'{k}={v}' for k, v in flags.items())}"
 
 
+def precision_text(settings: dict, segments: list | None) -> str:
+    """"bf16 autocast", or for a run resumed in another precision "bf16 autocast, then fp32 from step 6,000"
+    (train_state.pt's segments; a run saved before they were recorded has none: its last precision)."""
+    def name(p):
+        return "bf16 autocast" if p == "bf16" else p or "fp32"
+
+    changes = []
+    for seg in segments or []:
+        if not changes or changes[-1][1] != seg.get("precision"):
+            changes.append((seg.get("from_step", 0), seg.get("precision")))
+    if len(changes) <= 1:
+        return name(settings.get("precision"))
+    return ", then ".join(name(p) + (f" from step {s:,}" if s else "") for s, p in changes)
+
+
 def curve(evals: list) -> str:
     return ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
 
@@ -92,7 +107,7 @@ def cpu_name() -> str:
 
 
 def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict, command: str, dataset: str,
-         first: dict | None = None) -> str:
+         first: dict | None = None, segments: list | None = None) -> str:
     """first: the first cycle of a two-cycle run (keys run, evals, seconds, recipe, command, machine, image_size;
     from its run folder in main() or its shipped card in first_from_card), or None."""
     last = evals[-1]
@@ -102,7 +117,7 @@ def card(name: str, run: Path, loaded, steps: list, evals: list, settings: dict,
     where = machine
     recipe, curves = recipe_line(settings), curve(evals)
     after = f"{last['step']:,} optimizer steps ({last['epoch']:g} epochs)"
-    autocast = "bf16 autocast" if settings.get("precision") == "bf16" else settings.get("precision") or "fp32"
+    autocast = precision_text(settings, segments)
     reproduce = f"    {command}\n    python scripts/ship_weights.py {run} {name} --overwrite"
     if first:
         f_last, f_machine = first["evals"][-1], first.get("machine") or machine
@@ -202,7 +217,8 @@ def main() -> int:
         print(f"ship_weights: error: {a.run}/metrics.jsonl has no evaluation", file=sys.stderr)
         return 2
     loaded = load(ckpt)  # refuses non-finite weights
-    settings = (load_train_state(ckpt) or {}).get("settings", {})  # torch.load(weights_only=True)
+    state = load_train_state(ckpt) or {}  # torch.load(weights_only=True)
+    settings, segments = state.get("settings", {}), state.get("segments")
     first = None
     if a.first is not None and not (a.first / "metrics.jsonl").exists() and (a.first / "MODEL_CARD.md").exists():
         try:
@@ -219,7 +235,8 @@ def main() -> int:
         first["run"] = a.first_run or a.first  # the run folder the card's reproduce commands name
     top1 = round(100 * float(evals[-1]["top1"]), 2)  # percent, as the registry gives the published figures
     save_checkpoint(dest, loaded, extra={"dataset": a.dataset, "top1": top1})
-    (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset, first))
+    (dest / "MODEL_CARD.md").write_text(card(a.name, a.run, loaded, steps, evals, settings, a.command, a.dataset, first,
+                                               segments))
     total = sum(f.stat().st_size for f in WEIGHTS.rglob("*.safetensors")) / 2 ** 20
     print(f"shipped {dest}: top-1 {top1:.2f} %; all shipped weights {total:.1f} MB (limit {LIMIT_MB} MB)")
     return 0 if total <= LIMIT_MB else 1

@@ -92,3 +92,21 @@ def test_a_second_cycle_ships_from_the_first_cycles_shipped_card_when_its_run_is
     err = capsys.readouterr().err
     assert "is not a one-cycle card" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "weights" / "Tiny-two").exists()
+
+
+def test_a_run_resumed_in_another_precision_says_which_steps_ran_how(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    common = ["train", "--model", "ViT-testing/4", *TINY, "--out", str(run)]
+    assert cli.main([*common, "--steps", "2"]) == 0
+    assert cli.main([*common, "--steps", "4", "--resume", "--precision", "bf16"]) == 0
+    mod = _script(tmp_path, monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(run), "Tiny-mixed", "--command", "x.sh"])
+    assert mod.main() == 0
+    assert "fp32, then bf16 autocast from step 2)" in (tmp_path / "weights" / "Tiny-mixed" / "MODEL_CARD.md").read_text()
+    # one precision throughout (resumed or not), or a run saved before segments were recorded: one word
+    assert mod.precision_text({"precision": "bf16"}, None) == "bf16 autocast"
+    assert mod.precision_text({"precision": "fp32"}, [{"from_step": 0, "precision": "fp32"},
+                                                      {"from_step": 5, "precision": "fp32"}]) == "fp32"
+    assert mod.precision_text({}, [{"from_step": 0, "precision": "bf16"}, {"from_step": 6000, "precision": "fp32"},
+                                   {"from_step": 7000, "precision": "fp32"}]) == \
+        "bf16 autocast, then fp32 from step 6,000"

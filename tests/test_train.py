@@ -271,5 +271,8 @@ def test_resume_may_change_precision_and_says_it_is_not_exact(tmp_path, capsys):
     assert "continues a fp32 run in bf16; from step 2 on" in capsys.readouterr().err
     state = load_train_state(Path(r["checkpoint"]))
     assert state["step"] == 3 and state["settings"]["precision"] == "bf16"
+    # which steps ran how is kept (the model card says so: scripts/ship_weights.py)
+    assert state["segments"] == [{"from_step": 0, "precision": "fp32", "device": "cpu"},
+                                 {"from_step": 2, "precision": "bf16", "device": "cpu"}]
     with pytest.raises(UserError, match="--seed"):
         train(TrainSettings(**TINY, steps=4, seed=1, out=out, resume=True))

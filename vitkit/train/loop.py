@@ -301,6 +301,9 @@ class Run:
     saved: Optional[dict]  # train_state.pt of the run being resumed
     init_model: Any  # the --init checkpoint, loaded once
     teachers: dict = dataclasses.field(default_factory=dict)  # --teacher: {as given: LoadedModel, eval, no grad}
+    # one entry per start or resume: {"from_step", "precision", "device"}, saved in train_state.pt ("segments"),
+    # so that a run continued in another precision or on another device says which steps ran how
+    segments: list = dataclasses.field(default_factory=list)
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -437,7 +440,18 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
             _remove_run(out)
     D.barrier()
 
-    return Run(s, info, out, saved, _seed_and_load_init(s), _load_teachers(s, info.device))
+    segments = _segments(saved, s.precision, info.device.type)
+    return Run(s, info, out, saved, _seed_and_load_init(s), _load_teachers(s, info.device), segments)
+
+
+def _segments(saved: Optional[dict], precision: str, device: str) -> list:
+    """The saved run's segments (a run saved before segments were recorded: one, from its settings) plus this
+    one."""
+    if saved is None:
+        return [{"from_step": 0, "precision": precision, "device": device}]
+    earlier = saved.get("segments") or [{"from_step": 0, "device": None,
+                                         "precision": saved.get("settings", {}).get("precision")}]
+    return [*earlier, {"from_step": int(saved["step"]), "precision": precision, "device": device}]
 
 
 def _load_teachers(s: TrainSettings, device) -> dict:
@@ -646,7 +660,8 @@ def save(path: Path, run: Run, data: Data, plan: Plan, parts: Parts, progress: P
              "optimizer": D.full_optimizer_state(model, parts.optimizer), "scheduler": parts.scheduler.state_dict(),
              "best_top1": progress.best_top1, "best_step": progress.best_step,
              "rng": D.all_gather_object(rng_state(parts.aug_gen)), "settings": run.s.to_dict(),
-             "world_size": plan.world, "objective_state": parts.objective.extra_state(parts.trained)}
+             "world_size": plan.world, "objective_state": parts.objective.extra_state(parts.trained),
+             "segments": run.segments}
     tosave = parts.core
     if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
         full = D.full_model_state(model)
