@@ -173,6 +173,9 @@ def build_model(s: TrainSettings, num_classes: int, data_channels: int, native: 
     if bit and (s.classifier or s.pos_embed or s.gelu or s.dropout or s.drop_path):
         raise UserError("--classifier, --pos-embed, --gelu, --dropout and --drop-path are ViT settings; a BiT ResNet "
                         "has none")
+    if bit and s.layer_decay != 1:
+        raise UserError(f"--layer-decay {s.layer_decay:g}: decays the learning rate per Transformer block; a BiT "
+                        "ResNet has none (use 1, the default)")
     if init_model is not None:
         from ..checkpoint.surgery import adapt
 
@@ -588,7 +591,8 @@ def build(run: Run, data: Data, plan: Plan) -> tuple[Parts, Progress]:
     if s.fsdp and s.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(trained, s.optimizer, s.lr, s.weight_decay, s.betas, s.momentum,
-                                fused=not s.fsdp and info.device.type in ("cpu", "cuda"))
+                                fused=not s.fsdp and info.device.type in ("cpu", "cuda"), layer_decay=s.layer_decay,
+                                depth=getattr(core.cfg, "depth", 0))
     scheduler = build_scheduler(optimizer, plan.warmup, plan.total, s.schedule)
     aug_gen = torch.Generator().manual_seed(s.seed * 7919 + 17 + info.rank)
     aug = BatchAugment(core.cfg.image_size, len(data.class_names), crop=s.crop,
@@ -735,7 +739,7 @@ def fit(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress, logg
                 what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
                 raise TrainingDiverged(f"{what} at step {progress.step + 1}; stopping ({_last_good(run, progress)}); "
                                        f"try a lower --lr or --clip-grad 1")
-            lr = parts.optimizer.param_groups[0]["lr"]
+            lr = max(g["lr"] for g in parts.optimizer.param_groups)  # the head's, with --layer-decay
             parts.optimizer.step()
             parts.scheduler.step()
             parts.optimizer.zero_grad(set_to_none=True)
@@ -813,7 +817,8 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
         _say(f"vitkit train: {cfg.name or s.model} ({parts.core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) "
              f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
              f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
-             f"lr {s.lr:g}, {s.precision}, {info.device}"
+             f"lr {s.lr:g}" + (f" (layer decay {s.layer_decay:g})" if s.layer_decay != 1 else "")
+             + f", {s.precision}, {info.device}"
              + (", masked patch prediction (labels unused)" if s.objective == "mpp" else "")
              + (f", distilling {len(run.teachers)} teacher{'s' if len(run.teachers) > 1 else ''} (weight "
                 f"{s.distill_weight:g})" if run.teachers else ""), info.is_main)

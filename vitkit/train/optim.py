@@ -5,6 +5,11 @@ position embeddings, the [class] token and masked patch prediction's [mask] embe
 towards zero only hurts; this is the usual ViT practice, e.g. big_vision's `wd_mults` and timm's
 `no_weight_decay`).
 
+Layer-wise learning-rate decay (`--layer-decay D`, off at 1): Transformer block i (1-based) of L trains at
+lr * D^(L + 1 - i), the embedding (stem, patch projection, [class] token, position embeddings) at lr * D^(L + 1), and
+the final norm and head at lr. The lower layers, which hold the most general features, move least when fine-tuning
+on little data (BEiT, Bao et al. 2021, section 2.4; timm's and big_vision's fine-tuning configs call it layer decay).
+
 The schedule is a `LambdaLR` whose factor is a pure function of the step (linear warmup from 0, then linear or
 cosine decay to 0 at the last step), so resuming from a saved step reproduces it exactly.
 """
@@ -12,24 +17,43 @@ cosine decay to 0 at the last step), so resuming from a saved step reproduces it
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+EMBEDDING_NAMES = ("stem", "patch_embed", "pos_embed", "cls_token", "mask_token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed (>= 2-D weights) and not decayed (biases, norms, position embeddings, class token)."""
-    decay, no_decay = [], []
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embedding, i + 1 for Transformer block i, depth + 1 for everything above the blocks."""
+    m = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    if any(k in name for k in EMBEDDING_NAMES):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict]:
+    """Decayed (>= 2-D weights) and not decayed (biases, norms, position embeddings, class token) parameters; with
+    `layer_decay` < 1 one such pair per layer of the `depth`-block model, each with its `lr_scale`."""
+    groups: dict = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decayed = not (p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES))
+        layer = layer_id(name, depth) if layer_decay != 1 else depth + 1
+        key = (layer, decayed)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": weight_decay if decayed else 0.0,
+                           "lr_scale": layer_decay ** (depth + 1 - layer)}
+        groups[key]["params"].append(p)
+    if layer_decay == 1:  # the two groups in their usual order, each present even if empty
+        return [groups.get((depth + 1, d), {"params": [], "weight_decay": weight_decay if d else 0.0, "lr_scale": 1.0})
+                for d in (True, False)]
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
 def no_decay_names(model: nn.Module) -> list[str]:
@@ -38,10 +62,13 @@ def no_decay_names(model: nn.Module) -> list[str]:
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, fused: bool = False, layer_decay: float = 1.0,
+                    depth: int = 0) -> torch.optim.Optimizer:
     """`fused`: one multi-tensor kernel per step instead of a Python loop over parameters (CPU and CUDA): faster
     (timings in benchmarks/README.md); tests/test_fastpaths.py checks it against the looped update."""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, layer_decay, depth)
+    for g in groups:  # each group's peak; the schedule scales every group's lr by the same factor
+        g["lr"] = lr * g.pop("lr_scale")
     kw = {"fused": True} if fused else {}
     if name == "adamw":  # decoupled weight decay: p -= lr * wd * p, independent of the Adam statistics
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=1e-8, weight_decay=weight_decay, **kw)

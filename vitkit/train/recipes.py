@@ -74,6 +74,9 @@ class Recipe:
                                                                Number(float, min=0, below=1), "B1,B2"), group=OPT)
     momentum: float = flag(0.9, "SGD momentum", type=Number(float, min=0, below=1), group=OPT)
     weight_decay: float = flag(0.05, "decoupled (AdamW-style) weight decay", type=Number(float, min=0), group=OPT)
+    layer_decay: float = flag(1.0, "layer-wise lr decay D: Transformer block i of L at lr x D^(L+1-i), the embedding "
+                              "at lr x D^(L+1), the head at lr (ViT and hybrid; 1: off)", type=Number(float, above=0, max=1),
+                              metavar="D", group=OPT)
     warmup_steps: Optional[int] = flag(None, "linear warmup steps (wins over --warmup-epochs)",
                                        type=Number(int, min=0), group=OPT)
     warmup_epochs: float = flag(1.0, "linear warmup, in epochs", type=Number(float, min=0), group=OPT)
