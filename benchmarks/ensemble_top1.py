@@ -1,7 +1,7 @@
 """Top-1 of an ensemble (the mean class probability of several checkpoints) and of each member, on a dataset's
 test split: what a student distilled from them (`vitkit train --teacher A,B`) can aim at.
 
-    python benchmarks/ensemble_top1.py R+ViT-Mini_8-tiny-imagenet benchmarks/teachers/R+ViT-Mini_8-dp50 \
+    python benchmarks/ensemble_top1.py benchmarks/teachers/R+ViT-Mini_8-30ep benchmarks/teachers/R+ViT-Mini_8-dp50 \
         --dataset tiny-imagenet --data-dir ../shared/data
 
 Each member reads the uint8 images through its own preprocessing (vitkit.runtime.to_model_input), as the
