@@ -36,29 +36,30 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def decays(name: str, p: torch.Tensor) -> bool:
+    """Whether weight decay applies: >= 2-D weights, not the position embeddings or the [class]/[mask] tokens."""
+    return not (p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES))
+
+
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 0) -> list[dict]:
-    """Decayed (>= 2-D weights) and not decayed (biases, norms, position embeddings, class token) parameters; with
-    `layer_decay` < 1 one such pair per layer of the `depth`-block model, each with its `lr_scale`."""
-    groups: dict = {}
+    """Decayed (>= 2-D weights) and not decayed (biases, norms, position embeddings, class token) parameters, in
+    that order; with `layer_decay` < 1 one such pair per layer of the `depth`-block model, lowest layer first. Each
+    group has its `lr_scale`; the top layer's pair is always there (possibly empty)."""
+    def new(layer: int, decayed: bool) -> dict:
+        return {"params": [], "weight_decay": weight_decay if decayed else 0.0,
+                "lr_scale": layer_decay ** (depth + 1 - layer)}
+
+    groups = {(depth + 1, d): new(depth + 1, d) for d in (True, False)}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decayed = not (p.ndim <= 1 or any(n in name for n in NO_DECAY_NAMES))
-        layer = layer_id(name, depth) if layer_decay != 1 else depth + 1
-        key = (layer, decayed)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": weight_decay if decayed else 0.0,
-                           "lr_scale": layer_decay ** (depth + 1 - layer)}
-        groups[key]["params"].append(p)
-    if layer_decay == 1:  # the two groups in their usual order, each present even if empty
-        return [groups.get((depth + 1, d), {"params": [], "weight_decay": weight_decay if d else 0.0, "lr_scale": 1.0})
-                for d in (True, False)]
+        if p.requires_grad:
+            key = (layer_id(name, depth) if layer_decay != 1 else depth + 1, decays(name, p))
+            groups.setdefault(key, new(*key))["params"].append(p)
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
 def no_decay_names(model: nn.Module) -> list[str]:
     """Names of the parameters `param_groups` leaves undecayed (for tests and --debug output)."""
-    return [n for n, p in model.named_parameters() if p.ndim <= 1 or any(k in n for k in NO_DECAY_NAMES)]
+    return [n for n, p in model.named_parameters() if not decays(n, p)]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
