@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vitkit.train.plan import (BUDGET_MIN_BATCH, FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_LR,
+from vitkit.train.plan import (BUDGET_MIN_BATCH, FINETUNE_DROP_PATH, FINETUNE_RANDAUGMENT, MIN_STEPS, MIN_STEPS_FINETUNE, SCRATCH_LR,
                                SCRATCH_MODEL, DataFacts, facts_of_folder, fit_budget, plan)
 
 
@@ -81,11 +81,24 @@ def test_fine_tuning_keeps_the_checkpoint_resolution_and_model():
 def test_randaugment_only_fine_tuning_on_colour_images():
     photos = DataFacts(n_train=500, num_classes=10, grey=False, median_side=300)
     changes, why = plan(set(), recipe_batch=128, recipe_epochs=10, facts=photos, fine_tuning=True)
-    assert changes["randaugment"] == FINETUNE_RANDAUGMENT == (2, 5.0) and "RandAugment 2,5 (fine-tuning" in "; ".join(why)
+    assert changes["randaugment"] == FINETUNE_RANDAUGMENT == (2, 9.0) and "RandAugment 2,9 (fine-tuning" in "; ".join(why)
     assert "randaugment" not in plan(set(), 128, 5, photos)[0]  # from scratch: off
     grey = DataFacts(n_train=500, num_classes=10, grey=True, median_side=28)
     assert "randaugment" not in plan(set(), 128, 10, grey, fine_tuning=True)[0]
     assert "randaugment" not in plan({"randaugment"}, 128, 10, photos, fine_tuning=True)[0]  # given wins
+
+
+def test_stochastic_depth_only_fine_tuning_a_transformer_on_colour_images():
+    photos = DataFacts(n_train=500, num_classes=10, grey=False, median_side=300)
+    changes, why = plan(set(), 128, 10, photos, fine_tuning=True, checkpoint_blocks=True)
+    assert changes["drop_path"] == FINETUNE_DROP_PATH == 0.2
+    assert "stochastic depth 0.2 (fine-tuning" in "; ".join(why)
+    assert "drop_path" not in plan(set(), 128, 10, photos, fine_tuning=True, checkpoint_blocks=False)[0]  # BiT
+    assert "drop_path" not in plan(set(), 128, 10, photos, fine_tuning=True)[0]  # family unknown: not guessed
+    assert "drop_path" not in plan(set(), 128, 5, photos, checkpoint_blocks=True)[0]  # from scratch: off
+    grey = DataFacts(n_train=500, num_classes=10, grey=True, median_side=28)
+    assert "drop_path" not in plan(set(), 128, 10, grey, fine_tuning=True, checkpoint_blocks=True)[0]
+    assert "drop_path" not in plan({"drop_path"}, 128, 10, photos, fine_tuning=True, checkpoint_blocks=True)[0]
 
 
 def test_only_image_folders_are_planned_and_a_resumed_run_keeps_its_settings(tmp_path):
@@ -117,6 +130,22 @@ def test_checkpoint_size_from_a_folder_or_a_name_without_loading(tmp_path):
     assert checkpoint_size("imagenet21k/ViT-B_16") == 224  # listed, not downloaded
     assert checkpoint_size("ViT-Mini_8-tiny-imagenet") == 64  # shipped
     assert checkpoint_size(tmp_path / "nothing-here.npz") is None
+
+
+def test_checkpoint_facts_tell_a_transformer_from_a_resnet_without_loading(tmp_path):
+    import json
+
+    from vitkit.train.plan import checkpoint_facts
+
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model": {"image_size": 64, "depth": 6}}))
+    (tmp_path / "bit").mkdir()
+    (tmp_path / "bit" / "config.json").write_text(json.dumps({"model": {"image_size": 128, "layers": [3, 4, 6, 3], "family": "bit"}}))
+    assert checkpoint_facts(tmp_path / "vit") == (64, True)
+    assert checkpoint_facts(tmp_path / "bit") == (128, False)
+    assert checkpoint_facts("R+ViT-Mini_8-tiny-imagenet") == (64, True)  # shipped hybrid
+    assert checkpoint_facts("BiT-M-R50x1") == (224, False)  # listed, not downloaded
+    assert checkpoint_facts(tmp_path / "nothing-here.npz") == (None, None)
 
 
 def test_time_budget_halves_the_batch_then_cuts_the_steps():

@@ -15,9 +15,12 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   fine-tuning), as a number of steps rather than epochs, and a batch no larger than an eighth of the training set
   so that an epoch is several steps;
 * augmentation: horizontal flips only for colour photos (a mirrored character is another character, or none),
-  pad-and-crop shifts for everything, and, fine-tuning on colour photos, RandAugment(2, 5) (`FINETUNE_RANDAUGMENT`,
-  the shipped models' pre-training augmentation): it gained 2-3 points fine-tuning on each photo set tried, and lost
-  2.3 training from scratch on 10 images per class, so from scratch it stays off (docs/transfer.md);
+  pad-and-crop shifts for everything, and, fine-tuning on colour photos, RandAugment (`FINETUNE_RANDAUGMENT`):
+  at magnitude 5, the shipped models' pre-training augmentation, it gained 2-3 points fine-tuning on each photo set
+  tried, and lost 2.3 training from scratch on 10 images per class, so from scratch it stays off;
+* regularisation, fine-tuning a ViT or hybrid on colour photos: stochastic depth 0.2 (`FINETUNE_DROP_PATH`) with
+  the stronger RandAugment(2, 9) gained 1.3 points on the mean of three small photo sets over three seeds (0.1: 0.8;
+  docs/transfer.md, "Stochastic depth and RandAugment(2, 9) when fine-tuning");
 * time: the planned steps should fit `--time-budget` minutes on the machine at hand (default 6: with decoding and
   evaluations a default run stays under 10 minutes). Machines differ by 3x and more (a CPU without bf16
   instructions, fewer cores), so before the run `apply` times two training steps of the planned model on random
@@ -46,7 +49,8 @@ MAX_BATCH = 128
 SMALL_SIDE = 48  # median image side (px) at or below which images are "small" (32 px model input)
 SCRATCH_MODEL = "R+ViT-Mini/8"
 SCRATCH_LR = 3e-4  # AdamW from scratch on a small folder (docs/transfer.md, "From scratch: learning rate 3e-4")
-FINETUNE_RANDAUGMENT = (2, 5.0)  # N ops at magnitude M, fine-tuning on colour images
+FINETUNE_RANDAUGMENT = (2, 9.0)  # N ops at magnitude M, fine-tuning on colour images
+FINETUNE_DROP_PATH = 0.2  # stochastic depth at the last block, fine-tuning a ViT or hybrid on colour images
 BUDGET_MIN_BATCH = 32  # the time budget halves a planned batch down to this, then cuts steps
 
 
@@ -100,12 +104,13 @@ def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
-         checkpoint_size: Optional[int] = None, steps: Optional[int] = None,
+         checkpoint_size: Optional[int] = None, checkpoint_blocks: Optional[bool] = None, steps: Optional[int] = None,
          epochs: Optional[float] = None, seconds_per_image: Optional[float] = None,
          budget_s: Optional[float] = None, default_recipe: bool = True) -> tuple[dict, list[str]]:
     """(settings to change, one reason per change) for the settings whose names are not in `given` (the flags the
     user gave, by TrainSettings field name); recipe_batch/recipe_epochs are the recipe's own defaults;
-    checkpoint_size: the resolution of the checkpoint being fine-tuned, where known; steps/epochs: the values of
+    checkpoint_size: the resolution of the checkpoint being fine-tuned, where known; checkpoint_blocks: whether it has
+    Transformer blocks (stochastic depth needs them; None: unknown); steps/epochs: the values of
     --steps/--epochs where the user gave them; seconds_per_image: a training step's measured cost per image, and
     budget_s the time the planned steps should fit (None: no limit); default_recipe: no --recipe was named (a named
     recipe keeps its learning rate)."""
@@ -170,23 +175,35 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
         changes["randaugment"] = FINETUNE_RANDAUGMENT
         n, m = FINETUNE_RANDAUGMENT
         why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images)")
+    if fine_tuning and not facts.grey and checkpoint_blocks and "drop_path" not in given:
+        changes["drop_path"] = FINETUNE_DROP_PATH
+        why.append(f"stochastic depth {FINETUNE_DROP_PATH:g} (fine-tuning on colour images)")
     return changes, why
 
 
-def checkpoint_size(spec) -> Optional[int]:
-    """The input resolution of a checkpoint to fine-tune, for the plan's message, without loading or downloading
-    it: a native checkpoint folder's config.json, or a pre-trained name's listing; None otherwise (the loop still
-    uses the checkpoint's own resolution)."""
+def checkpoint_facts(spec) -> tuple[Optional[int], Optional[bool]]:
+    """(input resolution, whether it has Transformer blocks) of a checkpoint to fine-tune, without loading or
+    downloading it: from a native checkpoint folder's config.json, or a pre-trained name's listing; None where that
+    says nothing (a file, a URL: the loop still uses the checkpoint's own resolution, and no stochastic depth is
+    planned for a model of unknown family)."""
     from ..checkpoint.hub import lookup
     from ..checkpoint.io import read_config
     from ..errors import UserError
 
     try:
-        return int(read_config(Path(spec).expanduser())["model"]["image_size"])
+        model = read_config(Path(spec).expanduser())["model"]
+        return int(model["image_size"]), model.get("family") != "bit"  # BiTConfig's marker
     except (UserError, OSError, KeyError, TypeError, ValueError):  # not a native folder: a file, a name, a URL
         pass
     entry = lookup(str(spec))
-    return entry.image_size if entry is not None else None
+    if entry is None:
+        return None, None
+    return entry.image_size, not entry.variant.startswith("BiT")
+
+
+def checkpoint_size(spec) -> Optional[int]:
+    """The input resolution of a checkpoint to fine-tune (checkpoint_facts), for the plan's message."""
+    return checkpoint_facts(spec)[0]
 
 
 def seconds_per_image(s, num_classes: int, batch: int) -> Optional[float]:
@@ -240,8 +257,9 @@ def apply(s, given: set, recipe, say=None):
         return s
     facts = facts_of_folder(s.dataset.split(":", 1)[1])
     batch = s.batch_size if "batch_size" in given else recipe.batch_size
-    args = dict(fine_tuning=bool(s.init), default_recipe=recipe.name == "default",
-                checkpoint_size=checkpoint_size(s.init) if s.init else None,
+    size, blocks = checkpoint_facts(s.init) if s.init else (None, None)
+    args = dict(fine_tuning=bool(s.init), default_recipe=recipe.name == "default", checkpoint_size=size,
+                checkpoint_blocks=blocks,
                 steps=s.steps if "steps" in given else None, epochs=s.epochs if "epochs" in given else None)
     changes, why = plan(given, batch, recipe.epochs, facts, **args)
     if not given & {"steps", "epochs"} and s.time_budget:  # a default length: does it fit the budget here?
