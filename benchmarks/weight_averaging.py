@@ -18,8 +18,10 @@ an --ema flag because the measurements (docs/transfer.md, "Weight averaging") di
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+from contextlib import redirect_stdout
 
 import torch
 
@@ -68,9 +70,6 @@ def main_(out_json: str, argv: list) -> int:
         return after_step(run, data, plan, parts, progress, *a)
 
     L.fit, L.after_step = fit_hook, after_step_hook
-    import io
-    from contextlib import redirect_stdout
-
     buf = io.StringIO()
     with redirect_stdout(buf):
         rc = main(["train", "--json"] + argv)

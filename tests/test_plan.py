@@ -122,7 +122,10 @@ def test_only_image_folders_are_planned_and_a_resumed_run_keeps_its_settings(tmp
 def test_checkpoint_size_from_a_folder_or_a_name_without_loading(tmp_path):
     import json
 
-    from vitkit.train.plan import checkpoint_size
+    from vitkit.train.plan import checkpoint_facts
+
+    def checkpoint_size(spec):
+        return checkpoint_facts(spec)[0]
 
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "config.json").write_text(json.dumps({"model": {"image_size": 96}}))

@@ -189,6 +189,7 @@ def checkpoint_facts(spec) -> tuple[Optional[int], Optional[bool]]:
     from ..checkpoint.hub import lookup
     from ..checkpoint.io import read_config
     from ..errors import UserError
+    from ..resnet import is_bit_name
 
     try:
         model = read_config(Path(spec).expanduser())["model"]
@@ -198,12 +199,7 @@ def checkpoint_facts(spec) -> tuple[Optional[int], Optional[bool]]:
     entry = lookup(str(spec))
     if entry is None:
         return None, None
-    return entry.image_size, not entry.variant.startswith("BiT")
-
-
-def checkpoint_size(spec) -> Optional[int]:
-    """The input resolution of a checkpoint to fine-tune (checkpoint_facts), for the plan's message."""
-    return checkpoint_facts(spec)[0]
+    return entry.image_size, not is_bit_name(entry.variant)
 
 
 def seconds_per_image(s, num_classes: int, batch: int) -> Optional[float]:
