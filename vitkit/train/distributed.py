@@ -55,8 +55,13 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, local_world, dev)
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = True) -> None:
+    """End the process group. After a run that ended well every rank first waits at a barrier, so that none tears
+    its connections down while a peer is still sending; after an error (synchronize=False) no rank waits for peers
+    that may never come. The caller frees what holds the group first (train: the model, FSDP's modules above all)."""
     if dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -25,6 +25,7 @@ Fashion-MNIST can be fine-tuned on CIFAR-10 and vice versa.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -807,32 +808,43 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
     # "auto" becomes what this machine computes fast; the run saves (and a resume keeps) the concrete value
     s = s.replace(precision=resolve_precision(s.precision, info.device))
     try:
-        run = setup(s, info)
-        data = load_data(s, run.init_model)
-        plan = plan_steps(s, data.n_train, info.world_size)
-        parts, progress = build(run, data, plan)
-        resumed_at = progress.step if s.resume else None
-        logger = Logger(run.out, info.is_main, resumed_at)
-        cfg = parts.core.cfg
-        _say(f"vitkit train: {cfg.name or s.model} ({parts.core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) "
-             f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
-             f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
-             f"lr {s.lr:g}" + (f" (layer decay {s.layer_decay:g})" if s.layer_decay != 1 else "")
-             + f", {s.precision}, {info.device}"
-             + (", masked patch prediction (labels unused)" if s.objective == "mpp" else "")
-             + (f", distilling {len(run.teachers)} teacher{'s' if len(run.teachers) > 1 else ''} (weight "
-                f"{s.distill_weight:g})" if run.teachers else ""), info.is_main)
-        try:
-            fit(run, data, plan, parts, progress, logger, on_step)
-        finally:
-            logger.close()
-        if progress.last_eval is None or progress.evaluated_at != progress.step:  # resumed at the end
-            progress.last_eval, progress.evaluated_at = evaluate(run, data, parts), progress.step
-        if progress.saved_at != progress.step:
-            save(run.ckpt_dir, run, data, plan, parts, progress)
-        return result(run, data, plan, parts, progress)
+        out = _train(s, info, on_step)
+    except BaseException:
+        D.cleanup(synchronize=False)
+        raise
+    # the run's model, optimizer and data went with _train's frame; collect what reference cycles keep (FSDP's
+    # modules hold their process group) while the group still exists: torn down after it, a gloo rank sometimes
+    # aborted at exit ("terminate called without an active exception", about 1 run in 15 with FSDP on 2 processes)
+    gc.collect()
+    D.cleanup()
+    return out
+
+
+def _train(s: TrainSettings, info: D.DistInfo, on_step) -> dict:
+    run = setup(s, info)
+    data = load_data(s, run.init_model)
+    plan = plan_steps(s, data.n_train, info.world_size)
+    parts, progress = build(run, data, plan)
+    resumed_at = progress.step if s.resume else None
+    logger = Logger(run.out, info.is_main, resumed_at)
+    cfg = parts.core.cfg
+    _say(f"vitkit train: {cfg.name or s.model} ({parts.core.num_params() / 1e6:.2f}M params, {cfg.image_size} px) "
+         f"on {s.dataset} ({data.n_train} train / {data.n_test} test, {len(data.class_names)} classes), "
+         f"{plan.total} steps of {plan.batch} ({plan.world} proc x {plan.accum} x {plan.micro}), {s.optimizer} "
+         f"lr {s.lr:g}" + (f" (layer decay {s.layer_decay:g})" if s.layer_decay != 1 else "")
+         + f", {s.precision}, {info.device}"
+         + (", masked patch prediction (labels unused)" if s.objective == "mpp" else "")
+         + (f", distilling {len(run.teachers)} teacher{'s' if len(run.teachers) > 1 else ''} (weight "
+            f"{s.distill_weight:g})" if run.teachers else ""), info.is_main)
+    try:
+        fit(run, data, plan, parts, progress, logger, on_step)
     finally:
-        D.cleanup()
+        logger.close()
+    if progress.last_eval is None or progress.evaluated_at != progress.step:  # resumed at the end
+        progress.last_eval, progress.evaluated_at = evaluate(run, data, parts), progress.step
+    if progress.saved_at != progress.step:
+        save(run.ckpt_dir, run, data, plan, parts, progress)
+    return result(run, data, plan, parts, progress)
 
 
 def result(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -> dict:
