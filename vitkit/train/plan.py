@@ -20,7 +20,9 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   tried, and lost 2.3 training from scratch on 10 images per class, so from scratch it stays off;
 * regularisation, fine-tuning a ViT or hybrid on colour photos: stochastic depth 0.2 (`FINETUNE_DROP_PATH`) with
   the stronger RandAugment(2, 9) gained 1.3 points on the mean of three small photo sets over three seeds (0.1: 0.8;
-  docs/transfer.md, "Stochastic depth and RandAugment(2, 9) when fine-tuning");
+  docs/transfer.md, "Stochastic depth and RandAugment(2, 9) when fine-tuning"). Those sets have 100-1,000 images;
+  on 20,000 the same run lost 4.4 points, so above `FINETUNE_STRONG_MAX_IMAGES` fine-tuning keeps RandAugment(2, 5)
+  and no stochastic depth;
 * time: the planned steps should fit `--time-budget` minutes on the machine at hand (default 6: with decoding and
   evaluations a default run stays under 10 minutes). Machines differ by 3x and more (a CPU without bf16
   instructions, fewer cores), so before the run `apply` times two training steps of the planned model on random
@@ -51,6 +53,8 @@ SCRATCH_MODEL = "R+ViT-Mini/8"
 SCRATCH_LR = 3e-4  # AdamW from scratch on a small folder (docs/transfer.md, "From scratch: learning rate 3e-4")
 FINETUNE_RANDAUGMENT = (2, 9.0)  # N ops at magnitude M, fine-tuning on colour images
 FINETUNE_DROP_PATH = 0.2  # stochastic depth at the last block, fine-tuning a ViT or hybrid on colour images
+FINETUNE_STRONG_MAX_IMAGES = 5000  # the two above up to this many training images (gained at 100-1,000, lost at 20,000)
+FINETUNE_RANDAUGMENT_LARGE = (2, 5.0)  # above it: the pre-training augmentation, and no stochastic depth
 BUDGET_MIN_BATCH = 32  # the time budget halves a planned batch down to this, then cuts steps
 
 
@@ -171,11 +175,13 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
     if "crop" not in given:
         changes["crop"] = "pad"
         why.append("pad-and-crop shifts")
+    strong = facts.n_train <= FINETUNE_STRONG_MAX_IMAGES  # small enough for the stronger regularisation
     if fine_tuning and not facts.grey and "randaugment" not in given:
-        changes["randaugment"] = FINETUNE_RANDAUGMENT
-        n, m = FINETUNE_RANDAUGMENT
-        why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images)")
-    if fine_tuning and not facts.grey and checkpoint_blocks and "drop_path" not in given:
+        changes["randaugment"] = FINETUNE_RANDAUGMENT if strong else FINETUNE_RANDAUGMENT_LARGE
+        n, m = changes["randaugment"]
+        why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images"
+                   + ("" if strong else f"; more than {FINETUNE_STRONG_MAX_IMAGES} images: no stochastic depth") + ")")
+    if fine_tuning and not facts.grey and checkpoint_blocks and strong and "drop_path" not in given:
         changes["drop_path"] = FINETUNE_DROP_PATH
         why.append(f"stochastic depth {FINETUNE_DROP_PATH:g} (fine-tuning on colour images)")
     return changes, why
