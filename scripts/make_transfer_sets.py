@@ -73,14 +73,16 @@ def main() -> int:
         print("make_transfer_sets: error: --per-class must be >= 1", file=sys.stderr)
         return 2
     n = a.per_class * 10
-    jobs = {f"cifar10-{n // 1000}k" if n % 1000 == 0 else f"cifar10-{n}":
-            lambda d: cifar(a.data / "cifar10-jpeg", d, slice(a.per_class)),
-            f"mnist-{n // 1000}k" if n % 1000 == 0 else f"mnist-{n}": lambda d: idx("mnist", a.data / "mnist", d, a.per_class),
-            f"fashion-mnist-{n // 1000}k" if n % 1000 == 0 else f"fashion-mnist-{n}":
-                lambda d: idx("fashion-mnist", None, d, a.per_class)}
     if a.untuned:
         jobs = {name: (lambda d, tr=tr, te=te: cifar(a.data / "cifar10-jpeg", d, tr, te))
                 for name, (tr, te) in UNTUNED.items()}
+    else:
+        jobs = {f"cifar10-{n // 1000}k" if n % 1000 == 0 else f"cifar10-{n}":
+                lambda d: cifar(a.data / "cifar10-jpeg", d, slice(a.per_class)),
+                f"mnist-{n // 1000}k" if n % 1000 == 0 else f"mnist-{n}":
+                lambda d: idx("mnist", a.data / "mnist", d, a.per_class),
+                f"fashion-mnist-{n // 1000}k" if n % 1000 == 0 else f"fashion-mnist-{n}":
+                lambda d: idx("fashion-mnist", None, d, a.per_class)}
     for name, job in jobs.items():
         dst = a.out / name
         if dst.exists():

@@ -175,15 +175,17 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
     if "crop" not in given:
         changes["crop"] = "pad"
         why.append("pad-and-crop shifts")
-    strong = facts.n_train <= FINETUNE_STRONG_MAX_IMAGES  # small enough for the stronger regularisation
-    if fine_tuning and not facts.grey and "randaugment" not in given:
-        changes["randaugment"] = FINETUNE_RANDAUGMENT if strong else FINETUNE_RANDAUGMENT_LARGE
-        n, m = changes["randaugment"]
-        why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images"
-                   + ("" if strong else f"; more than {FINETUNE_STRONG_MAX_IMAGES} images: no stochastic depth") + ")")
-    if fine_tuning and not facts.grey and checkpoint_blocks and strong and "drop_path" not in given:
-        changes["drop_path"] = FINETUNE_DROP_PATH
-        why.append(f"stochastic depth {FINETUNE_DROP_PATH:g} (fine-tuning on colour images)")
+    if fine_tuning and not facts.grey:
+        strong = facts.n_train <= FINETUNE_STRONG_MAX_IMAGES  # small enough for the stronger regularisation
+        if "randaugment" not in given:
+            changes["randaugment"] = FINETUNE_RANDAUGMENT if strong else FINETUNE_RANDAUGMENT_LARGE
+            n, m = changes["randaugment"]
+            why.append(f"RandAugment {n},{m:g} (fine-tuning on colour images"
+                       + ("" if strong else f"; more than {FINETUNE_STRONG_MAX_IMAGES} images: no stochastic depth")
+                       + ")")
+        if strong and checkpoint_blocks and "drop_path" not in given:
+            changes["drop_path"] = FINETUNE_DROP_PATH
+            why.append(f"stochastic depth {FINETUNE_DROP_PATH:g} (fine-tuning on colour images)")
     return changes, why
 
 
