@@ -220,21 +220,54 @@ def resumable(cls) -> set:
 
 def check_writable(path, flag: str = "--out", directory: bool = False) -> None:
     """That `path` (a file, or a directory if `directory`) can be written, before the work that produces it:
-    a UserError naming `flag` otherwise. Missing parent directories are fine where they can be created."""
+    a UserError naming `flag` otherwise. Missing parent directories are fine where they can be created.
+
+    Tried, not read off the permission bits (root ignores those, while /proc, a read-only file system or a name
+    that is too long refuse even root): the missing directories are created, a file is created in the directory
+    that will hold the output (the output's own name when it does not exist yet, else a temporary sibling, as an
+    atomic replace needs), and all of it is removed again, so that nothing is left behind."""
     import os
+    import tempfile
     from pathlib import Path
 
-    p = Path(path)
-    if p.exists() and p.is_dir() != directory:
-        raise UserError(f"{flag} {p}: is {'not ' if directory else ''}a directory")
-    if p.exists():
-        if not os.access(p, os.W_OK):
+    p = Path(path).expanduser()
+    home = p if directory else p.parent  # the directory that holds the output
+    try:
+        exists = p.exists()
+        if exists and p.is_dir() != directory:
+            raise UserError(f"{flag} {p}: is {'not ' if directory else ''}a directory")
+        if exists and not os.access(p, os.W_OK):
             raise UserError(f"{flag} {p}: not writable")
-        return
-    parent = p.parent if p.parent != Path("") else Path(".")
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {p}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {p}: {parent} is not writable")
+        missing, d = [], home
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        if not d.is_dir():
+            raise UserError(f"{flag} {p}: {d} is not a directory")
+    except OSError as e:  # e.g. a name too long to look up
+        raise UserError(f"{flag} {p}: {e.strerror or e}") from None
+    made, step = [], ""
+    try:
+        for m in reversed(missing):
+            step = f"cannot create the directory {m}"
+            m.mkdir()
+            made.append(m)
+        step = f"cannot write in {home}"
+        if directory or exists:
+            fd, probe = tempfile.mkstemp(prefix=".vitkit-write-test-", dir=home)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            step = f"cannot create {p}"
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.unlink(p)
+    except FileExistsError:
+        pass  # another process made it meanwhile: it can be written
+    except OSError as e:
+        raise UserError(f"{flag} {p}: {step} ({e.strerror or e})") from None
+    finally:
+        for m in reversed(made):
+            try:
+                m.rmdir()
+            except OSError:
+                pass  # something was put there meanwhile: not ours to remove

@@ -55,6 +55,7 @@ def _pick_shown(labels: np.ndarray, n: int) -> np.ndarray:
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
     from ..checkpoint import load
+    from ..flags import check_writable
     from ..runtime import load_split, to_model_input
     from .attention import (attention_rollout, collect_attention, head_maps, mean_attention_distance,
                             patch_distance_matrix, rollout_map)
@@ -69,11 +70,12 @@ def run(args) -> int:
     if args.num_images < 1 or args.batch_size < 1 or args.show < 1 or args.filters < 1:
         raise UserError("--num-images, --batch-size, --show and --filters must be positive")
     pil = [(p, open_image(p)) for p in args.images]  # unreadable images fail before any work
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    check_writable(out, "--out", directory=True)  # the check every command makes before its work
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create output directory {out}: {e.strerror or e}") from None
+        raise UserError(f"--out {out}: cannot create the directory ({e.strerror or e})") from None
     loaded = load(args.checkpoint)
     model, pre, names = loaded.model, loaded.preprocess, loaded.class_names
     cfg, dtype = loaded.config, next(model.parameters()).dtype
