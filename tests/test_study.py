@@ -247,6 +247,10 @@ def test_figures_are_drawn(study):
     (["study", "data-scale", "--quick", "--out", "X", "--transfer", "imagefolder:/nonexistent/t"], "nonexistent"),
     (["study", "sizes", "--out", "X"], "invalid choice"),
     (["study", "compute", "--quick", "--out", "X", "--reuse", "/nonexistent/results.json"], "--reuse"),
+    (["study", "data-scale", "--quick", "--out", "X", "--data-dir", "/nonexistent/data"],
+     "--data-dir /nonexistent/data: no such directory"),
+    (["study", "data-scale", "--quick", "--out", "X", "--data-dir", "/nonexistent/data", "--transfer",
+      "fashion-mnist"], "--data-dir /nonexistent/data: no such directory"),
 ])
 def test_bad_input_is_one_line_before_any_work(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

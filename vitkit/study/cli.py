@@ -60,7 +60,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"imagefolder:DATA_DIR/{DEFAULT_TRANSFER})")
 
 
+def check_data_dir(data_dir) -> None:
+    """--data-dir is only looked in (downloads go to the cache): a folder that is not there is a typo."""
+    if data_dir is None:
+        return
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise UserError(f"--data-dir {data_dir}: {'not a directory' if d.exists() else 'no such directory'} "
+                        f"(expected the folder that holds the datasets)")
+
+
 def transfer_specs(args) -> list[str]:
+    check_data_dir(args.data_dir)
     if args.transfer:
         return args.transfer
     if args.data_dir is None:
