@@ -10,8 +10,11 @@
     to_model_input(images_u8, preprocess) -> the normalised float batch a model takes (channels, size, mean/std)
     load_split(spec, split, preprocess)   -> a dataset split as uint8 images at the model's size and channels
     LoadedModel(model, preprocess, class_names, source)
-                                          -> a model with what running it needs, as data (vitkit.load returns one)
+                                          -> a model with what running it needs, as data (vitkit.load returns one);
+                                             it answers as the nn.Module inside (.eval(), .to(), .parameters(), ...)
     as_loaded(model)                      -> a LoadedModel from a bare ViT (default preprocessing, classes "0", "1", ...)
+    head_is_blank(model) / require_trained_head(model, name, what)
+                                          -> whether the head is still all zeros / a UserError if so
 
 Nothing here knows a checkpoint format (vitkit.checkpoint reads files) or a training loop (vitkit.train).
 """
@@ -94,10 +97,21 @@ def default_preprocess(cfg: ViTConfig) -> Preprocess:
     return Preprocess(image_size=cfg.image_size, channels=c, mean=(0.5,) * c, std=(0.5,) * c)
 
 
+# nn.Module methods that return the module itself: on a LoadedModel they return the LoadedModel, so that
+# `vitkit.load(p).eval().to("cpu")` keeps `.preprocess` and `.class_names` in hand, as timm and Hugging Face users expect
+_CHAINABLE = frozenset({"eval", "train", "to", "cpu", "cuda", "xpu", "float", "double", "half", "bfloat16",
+                        "requires_grad_", "apply", "share_memory", "to_empty", "type"})
+
+
 @dataclasses.dataclass
 class LoadedModel:
     """A model and what running it needs, kept beside it rather than patched onto the module (attributes on an
-    nn.Module vanish behind DDP or torch.compile). `loaded(x)` runs the model on a preprocessed batch."""
+    nn.Module vanish behind DDP or torch.compile). `loaded(x)` runs the model on a preprocessed batch.
+
+    It behaves as the nn.Module it holds: any attribute it does not have itself (`.parameters()`, `.state_dict()`,
+    `.forward_intermediates(...)`, `.training`, ...) is the model's, and the methods that return the module
+    (`.eval()`, `.train()`, `.to()`, `.float()`, `.half()`, `.cuda()`, ...) return this LoadedModel. `.model` is the
+    module itself, for what needs a real nn.Module (an optimizer takes `.parameters()` either way)."""
 
     model: torch.nn.Module  # a ViT, possibly wrapped (DDP, torch.compile)
     preprocess: Preprocess  # PIL image -> tensor, and uint8 batch -> tensor (to_model_input)
@@ -120,11 +134,39 @@ class LoadedModel:
         return self.config
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            what = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise UserError(f"the model takes a float batch (N, C, H, W), got {what}: use loaded.preprocess(pil_images)"
+                            f" for PIL images, or vitkit.runtime.to_model_input(uint8_images, loaded.preprocess)")
         return self.model(x)
 
-    def to(self, *args, **kwargs) -> "LoadedModel":
-        self.model.to(*args, **kwargs)
-        return self
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def __getattr__(self, name: str):
+        # only called for what the LoadedModel itself lacks: the model's attributes, methods returning self chained
+        model = self.__dict__.get("model")
+        if model is None or name.startswith("__"):
+            raise AttributeError(name)
+        for m in (model, unwrap(model)):  # DDP and torch.compile wrappers, then the model inside
+            try:
+                attr = getattr(m, name)
+                break
+            except AttributeError:
+                continue
+        else:
+            raise AttributeError(f"'LoadedModel' object has no attribute {name!r}, and neither has its model "
+                                 f"({type(unwrap(model)).__name__}, in `.model`)")
+        if name in _CHAINABLE and callable(attr):
+            def chained(*args, _attr=attr, _m=m, **kwargs):
+                out = _attr(*args, **kwargs)
+                return self if out is _m else out
+            chained.__doc__ = attr.__doc__
+            return chained
+        return attr
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(dir(unwrap(self.model))))
 
     def replace(self, **changes) -> "LoadedModel":
         return dataclasses.replace(self, **changes)
@@ -141,6 +183,27 @@ def as_loaded(model, preprocess: Optional[Preprocess] = None, class_names=None, 
     return LoadedModel(model, preprocess if preprocess is not None else default_preprocess(cfg),
                        list(class_names) if class_names is not None else [str(i) for i in range(cfg.num_classes)],
                        source)
+
+
+def head_is_blank(model) -> bool:
+    """Whether the classification head is exactly zero, as initialised (section 3.2) and never after training: the
+    head of a checkpoint that had none (a Hugging Face ViTModel folder) or got a new one (convert --num-classes)."""
+    head = getattr(unwrap(getattr(model, "model", model)), "head", None)
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return False
+    with torch.no_grad():
+        return not weight.any() and (head.bias is None or not head.bias.any())
+
+
+def require_trained_head(model, name, what: str) -> None:
+    """A one-line UserError if `model`'s head is blank (head_is_blank): `what` ("predict", "eval") would print
+    chance-level answers for classes nobody trained."""
+    if head_is_blank(model):
+        raise UserError(f"{name} has no trained classification head (all its head's weights are 0, as in a "
+                        f"checkpoint saved without one, e.g. a Hugging Face ViTModel): {what} would give chance-level "
+                        f"answers; fine-tune it first (vitkit train --init {name} --dataset D) or use its features "
+                        f"(vitkit features, vitkit fewshot)")
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

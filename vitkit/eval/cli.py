@@ -38,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint.io import load
     from ..data.datasets import load_dataset
-    from ..runtime import resolve_device
+    from ..runtime import require_trained_head, resolve_device
     from .evaluate import evaluate
 
     device = resolve_device(args.device)
     loaded = load(args.checkpoint, device=device)
+    require_trained_head(loaded, args.checkpoint, "eval")
     pre = loaded.preprocess
     ds = load_dataset(args.dataset, args.split, data_dir=args.data_dir, image_size=pre.image_size,
                       channels=pre.channels, preprocess=pre)  # folders decode exactly as predict does

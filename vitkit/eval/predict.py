@@ -13,7 +13,7 @@ import json
 
 from ..data.preprocess import open_image
 from ..errors import UserError
-from ..runtime import as_loaded
+from ..runtime import as_loaded, unwrap
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--explain is not available in this installation (vitkit.analysis.explain is "
                             "missing)") from None
-    from ..runtime import resolve_device
+    from ..runtime import require_trained_head, resolve_device
 
     model = load(args.checkpoint, device=resolve_device(args.device))
-    if explain_fn is not None and not hasattr(model, "forward_intermediates"):
+    require_trained_head(model, args.checkpoint, "predict")
+    if explain_fn is not None and not hasattr(unwrap(model.model), "forward_intermediates"):
         raise UserError(f"--explain draws a ViT's attention rollout; {args.checkpoint} is "
                         f"{model.cfg.name or 'a model'}, a BiT ResNet, which has no attention")
     results = predict(model, images, args.topk)
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             for c, p in res:
                 print(f"  {100 * p:6.2f}%  {c}")
     if explain_fn is not None:
-        explain_fn(model, images[0], args.explain)
+        explain_fn(model, images[0], args.explain, topk=args.topk)
         if not args.json:
             print(f"explanation of {args.images[0]} written to {args.explain}")
     return 0
