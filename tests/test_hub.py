@@ -183,6 +183,7 @@ def make_shipped(folder: Path, name="vit-tiny-fmnist", **extra):
 
     torch.manual_seed(0)
     model = vitkit.create_model("ViT-testing/4", num_classes=10, image_size=28, in_chans=1)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # a trained head (eval and predict refuse an all-zero one)
     pre = Preprocess(image_size=28, channels=1, mean=(0.5,), std=(0.5,))
     vitkit.save_checkpoint(folder / name, model, pre, [f"c{i}" for i in range(10)], extra=extra)
     (folder / name / "MODEL_CARD.md").write_text("# test model\n")

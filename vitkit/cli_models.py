@@ -65,10 +65,8 @@ def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH) -> list[str]:
             lines.append(f"{r['name']:<{name_w}}{figures(r)}")
         else:
             lines += [r["name"], " " * name_w + figures(r)]
-    scored = sorted({(r["dataset"] or "-").split("+")[-1] for r in rows if r["top1"] is not None})
-    lines += [f"(top-1: validation accuracy in % on the last dataset of the dataset column ({', '.join(scored) or 'none'}): "
-              f"as published for downloads, measured by vitkit for shipped models; any name above works wherever "
-              f"a checkpoint path does)",
+    lines += ["(top-1: validation accuracy in % on the last dataset in the dataset column; downloads: as published;",
+              "(shipped: measured by vitkit); any name above works wherever a checkpoint path does)",
               "(source: shipped = inside the package; download = fetched into the cache on first use; --json: URLs)"]
     return lines
 
