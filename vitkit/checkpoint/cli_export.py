@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -154,32 +155,55 @@ def compare_top1(model, preprocess, run, dataset, batch_size: int = 100, limit=N
             "agreement": 100.0 * agree / n, "max_abs_diff": worst}
 
 
+def _partial(out: Path) -> Path:
+    """A new, empty temporary file next to `out` (same folder, so that the rename is atomic; same suffix)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".partial{out.suffix}", dir=out.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
 def run(args) -> int:
+    import os
+
     from ..flags import check_writable
     from .io import load
 
-    check_writable(args.out, "OUT")  # before the export, not after it
+    out = Path(args.out).expanduser()
+    check_writable(out, "OUT")  # before the export, not after it
     loaded = load(args.checkpoint)
     model, pre = loaded.model.float().eval(), loaded.preprocess
-    out = export(model, args.format, args.out, args.opset)
-    rt = runtime(args.format, out)
-    diff = check_batches(model, rt)
-    name = RUNTIME[args.format]
-    print(f"exported {args.checkpoint} -> {out} ({args.format}, dynamic batch, input pixel_values "
-          f"(N, {model.cfg.in_chans}, {model.cfg.image_size}, {model.cfg.image_size}) preprocessed as "
-          f"mean={list(pre.mean)} std={list(pre.std)}); batches 1 and 3 in {name}: "
-          f"max |logit difference| vs PyTorch {diff:.2e}")
-    if args.verify_dataset:
+    ds = None
+    if args.verify_dataset:  # a dataset that cannot be read fails before the export
         from ..data.datasets import load_dataset
 
         ds = load_dataset(args.verify_dataset, "test", image_size=pre.image_size, channels=pre.channels,
                           preprocess=pre)
-        r = compare_top1(model, pre, rt, ds, args.batch_size, args.verify_limit)
-        gap = abs(r["top1_pytorch"] - r["top1_runtime"])
-        print(f"top-1 on {args.verify_dataset} test ({r['n']} images): PyTorch {r['top1_pytorch']:.2f}%  "
-              f"{name} {r['top1_runtime']:.2f}%  (difference {gap:.2f} points, predictions agree on "
-              f"{r['agreement']:.2f}%, max |logit difference| {r['max_abs_diff']:.2e})")
-        if gap > args.max_top1_gap:
-            print(f"vitkit: error: top-1 differs by {gap:.2f} points (> {args.max_top1_gap})")
-            return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(out)  # OUT appears (or is replaced) only once the export has passed every check
+    try:
+        export(model, args.format, tmp, args.opset)
+        rt = runtime(args.format, tmp)
+        diff = check_batches(model, rt)
+        name = RUNTIME[args.format]
+        print(f"exported {args.checkpoint} ({args.format}, dynamic batch, input pixel_values "
+              f"(N, {model.cfg.in_chans}, {model.cfg.image_size}, {model.cfg.image_size}) preprocessed as "
+              f"mean={list(pre.mean)} std={list(pre.std)}); batches 1 and 3 in {name}: "
+              f"max |logit difference| vs PyTorch {diff:.2e}")
+        if ds is not None:
+            r = compare_top1(model, pre, rt, ds, args.batch_size, args.verify_limit)
+            gap = abs(r["top1_pytorch"] - r["top1_runtime"])
+            print(f"top-1 on {args.verify_dataset} test ({r['n']} images): PyTorch {r['top1_pytorch']:.2f}%  "
+                  f"{name} {r['top1_runtime']:.2f}%  (difference {gap:.2f} points, predictions agree on "
+                  f"{r['agreement']:.2f}%, max |logit difference| {r['max_abs_diff']:.2e})")
+            if gap > args.max_top1_gap:
+                print(f"vitkit: error: top-1 differs by {gap:.2f} points (> {args.max_top1_gap}); {out} not "
+                      f"written{' (the earlier file is kept)' if out.exists() else ''}", file=sys.stderr)
+                return 1
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out}")
     return 0
