@@ -9,6 +9,8 @@ import time
 
 import torch
 
+SPLITS = ("train", "test")  # what every dataset has; "val"/"validation" would be the test split under another name
+
 
 def add_arguments(p):
     from ..data.names import DATASET_LIST
@@ -16,7 +18,8 @@ def add_arguments(p):
 
     p.add_argument("checkpoint", help="checkpoint: vitkit directory, Hugging Face folder, official .npz, timm file")
     p.add_argument("--dataset", required=True, help=f"dataset spec ({DATASET_LIST})")
-    p.add_argument("--split", default="train", help="train or test (default: train)")
+    p.add_argument("--split", default="train", choices=SPLITS, help="train or test (default: train); every dataset "
+                   "has these two (test: Tiny ImageNet's labelled validation images, an image folder's test/ or val/)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--sample", type=Number(int, min=1), default=None, metavar="N",
                    help="a fixed random subset of N images (seed --seed), in dataset order")
@@ -31,9 +34,9 @@ def add_arguments(p):
 def run(args) -> int:
     from ..checkpoint import load
     from ..flags import check_writable
-    from .features import extract_features, load_split, save_features
+    from .features import extract_features, features_path, load_split, save_features
 
-    check_writable(args.out, "--out")  # before the work, not after it
+    check_writable(features_path(args.out), "--out")  # before the work, not after it
     t0 = time.perf_counter()
     model = load(args.checkpoint)
     images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.sample, args.seed)

@@ -3,12 +3,16 @@
     extract_features(model, images_u8, batch_size)   -> (N, D) float32 numpy, the representation the head sees
     load_split(spec, split, model, data_dir, limit)  -> the dataset at the model's size and channels
     save_features(path, feats, labels, meta)         -> writes F.npy, F.labels.npy, F.json
+    write_atomic(path, write)                        -> write(binary file) to a temporary sibling, renamed onto path
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,20 +53,43 @@ def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | No
     return runtime_load_split(spec, split, pre, data_dir, limit, seed)
 
 
-def save_features(path, feats: np.ndarray, labels: np.ndarray | None = None, meta: dict | None = None) -> dict:
-    """Write F.npy (features), F.labels.npy (labels) and F.json (metadata) for `path` = F.npy."""
+def write_atomic(path, write: Callable) -> Path:
+    """`write(f)` (f: a binary file open for writing) into a temporary file next to `path`, renamed onto `path`
+    once complete: a reader, or an earlier file of that name, never sees a half-written one. The file gets the
+    permissions a plain open() would give it."""
     path = Path(path)
-    if path.suffix != ".npy":
-        path = path.with_name(path.name + ".npy")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def features_path(path) -> Path:
+    """The .npy file save_features writes for `path` (F -> F.npy)."""
+    path = Path(path).expanduser()
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def save_features(path, feats: np.ndarray, labels: np.ndarray | None = None, meta: dict | None = None) -> dict:
+    """Write F.npy (features), F.labels.npy (labels) and F.json (metadata) for `path` = F.npy, each atomically
+    (write_atomic)."""
+    path = features_path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     stem = path.with_suffix("")
-    np.save(path, np.asarray(feats, np.float32))
+    write_atomic(path, lambda f: np.save(f, np.asarray(feats, np.float32)))
     files = {"features": str(path)}
     if labels is not None:
-        np.save(f"{stem}.labels.npy", np.asarray(labels, np.int64))
+        write_atomic(f"{stem}.labels.npy", lambda f: np.save(f, np.asarray(labels, np.int64)))
         files["labels"] = f"{stem}.labels.npy"
     info = {**(meta or {}), "shape": list(np.shape(feats)), "files": files}
-    Path(f"{stem}.json").write_text(json.dumps(info, indent=2))
+    write_atomic(f"{stem}.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
     files["meta"] = f"{stem}.json"
     return files
