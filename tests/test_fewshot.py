@@ -186,3 +186,75 @@ def test_fewshot_and_features_cli(tmp_path, capsys):
                  str(tmp_path / "F.npy"), "--shots", "1,x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "200 shots per class asked" in err[0] and "integers" in err[1]
+
+
+def _small_checkpoint(tmp_path):
+    import vitkit
+
+    torch.manual_seed(0)
+    m = create_model("ViT-testing/7", num_classes=10, image_size=28, in_chans=1)
+    for p in m.parameters():
+        p.data.normal_(0, 0.3)
+    vitkit.save_checkpoint(tmp_path / "ck", m)
+    return str(tmp_path / "ck")
+
+
+def _one_error_line(capsys, argv) -> str:
+    from vitkit.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitkit: error: "), err
+    return err[0]
+
+
+def test_fewshot_writes_a_file_only_when_asked(tmp_path, monkeypatch, capsys):
+    """Without --out the table is printed and nothing is written: a fewshot.json already in the current folder
+    (or any other file) is left as it was. With --out, the JSON is written there, with no temporary file left."""
+    from vitkit.cli import main
+
+    x, y = _blobs(n_per=30)
+    xt, yt = _blobs(n_per=10, seed=3)
+    save_features(tmp_path / "F.npy", x, y)
+    save_features(tmp_path / "G.npy", xt, yt)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fewshot.json").write_text("the user's earlier results")
+    monkeypatch.chdir(work)
+    feats = ["fewshot", "--train-features", str(tmp_path / "F.npy"), "--test-features", str(tmp_path / "G.npy"),
+             "--shots", "1", "--val-size", "20"]
+    assert main(feats) == 0
+    assert "top-1 mean" in capsys.readouterr().out
+    assert sorted(p.name for p in work.iterdir()) == ["fewshot.json"]
+    assert (work / "fewshot.json").read_text() == "the user's earlier results"
+    assert main(feats + ["--out", str(tmp_path / "out" / "fs.json")]) == 0
+    assert json.loads((tmp_path / "out" / "fs.json").read_text())["fewshot"]["shots"]["1"]["acc"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["fs.json"]
+
+
+def test_too_many_shots_names_the_class(tmp_path, capsys):
+    """The class short of examples is named as the dataset names it (and by label), both from a checkpoint and
+    dataset and from `vitkit features` files (their F.json keeps the class names)."""
+    import re
+
+    ck = _small_checkpoint(tmp_path)
+    line = _one_error_line(capsys, ["fewshot", ck, "--dataset", "embedded", "--sample-train", "300",
+                                    "--shots", "100", "--val-size", "50", "--baselines", "none"])
+    m = re.search(r"100 shots per class asked, but class '([^']+)' \(label (\d)\) has only \d+", line)
+    from vitkit.data.datasets import FMNIST_CLASSES
+    assert m and FMNIST_CLASSES[int(m.group(2))] == m.group(1), line
+    x, _ = _blobs(n_per=30)
+    y = np.repeat([0, 1, 2, 3], [30, 30, 30, 5])
+    save_features(tmp_path / "F.npy", x, y, {"class_names": ["cat", "dog", "bird", "fish"]})
+    line = _one_error_line(capsys, ["fewshot", "--train-features", tmp_path / "F.npy", "--test-features",
+                                    tmp_path / "F.npy", "--shots", "10", "--val-size", "20"])
+    assert "class 'fish' (label 3) has only" in line, line
+
+
+@pytest.mark.parametrize("split", ["validation", "val", "dev"])
+def test_features_accepts_only_the_splits_datasets_have(tmp_path, capsys, split):
+    line = _one_error_line(capsys, ["features", tmp_path / "missing", "--dataset", "embedded", "--split", split,
+                                    "--out", tmp_path / "F.npy"])
+    assert "--split" in line and "'train', 'test'" in line and split in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,8 @@
 """`vitkit fewshot CKPT --dataset D --shots 1,5,10,25`: few-shot linear evaluation (paper section 4.1).
 
-Prints a table (test top-1, mean and spread over the draws) and writes JSON. Baselines on the same frozen features:
-a linear probe on all training features (closed-form ridge, or logistic regression) and cosine k-NN.
+Prints a table (test top-1, mean and spread over the draws); --out F.json also writes the results as JSON (nothing
+is written without it, as with the other commands: `--out` names what is written). Baselines on the same frozen
+features: a linear probe on all training features (closed-form ridge, or logistic regression) and cosine k-NN.
 Features can come from .npy files instead (`vitkit features`): --train-features F.npy --test-features G.npy.
 """
 
@@ -52,12 +53,12 @@ def add_arguments(p):
     p.add_argument("--test-features", help="G.npy from `vitkit features --split test`")
     p.add_argument("--batch-size", type=Number(int, min=1), default=256, metavar="N",
                    help="images per forward pass (default 256)")
-    p.add_argument("--out", default="fewshot.json", help="JSON results (default: fewshot.json)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the results as JSON to FILE (default: "
+                   "print only)")
 
 
 def _load_npy(path: str):
-    from ..errors import UserError
-
+    """(features, labels) of F.npy and F.labels.npy."""
     p = Path(path)
     lab = p.with_suffix("").as_posix() + ".labels.npy"
     try:
@@ -68,13 +69,36 @@ def _load_npy(path: str):
         raise UserError(f"{path} is not a readable .npy file ({e})") from None
 
 
+def _class_names(path: str):
+    """The dataset's class names that `vitkit features` put in F.json, or None (only for naming classes)."""
+    try:
+        names = json.loads(Path(path).with_suffix(".json").read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return names if isinstance(names, list) and names else None
+
+
+def _check_shots(labels, shots, val_size: int, names) -> None:
+    """Every shot count can be drawn from every class (after the held-out split), before features are
+    extracted: the check fewshot_eval makes, on the labels alone."""
+    from .fewshot import _classes, _holdout, sample_per_class
+
+    labels = np.asarray(labels)
+    if val_size < len(_classes(labels)):
+        raise UserError(f"the held-out split ({val_size}) must have at least one example per class")
+    pool, _ = _holdout(labels, val_size, 1234)
+    sample_per_class(labels, max(shots), np.random.default_rng(0), pool, names)
+
+
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
-    from ..errors import UserError, require
+    from ..errors import require
     from ..flags import check_writable
+    from .features import write_atomic
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
-    check_writable(args.out, "--out")  # before the work, not after it
+    if args.out is not None:
+        check_writable(args.out, "--out")  # before the work, not after it
     t0 = time.perf_counter()
     shots, knn_ks = _ints(args.shots), _ints(args.knn)
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "none"]
@@ -89,6 +113,7 @@ def run(args) -> int:
         if not (args.train_features and args.test_features):
             raise UserError("give both --train-features and --test-features")
         (xtr, ytr), (xte, yte) = _load_npy(args.train_features), _load_npy(args.test_features)
+        names = _class_names(args.train_features)
         source = f"features {args.train_features} / {args.test_features}"
     else:
         if not args.checkpoint or not args.dataset:
@@ -98,7 +123,8 @@ def run(args) -> int:
         from .features import extract_features, load_split
 
         model = load(args.checkpoint)
-        tr_img, ytr, _ = load_split(args.dataset, "train", model, args.data_dir, args.sample_train)
+        tr_img, ytr, names = load_split(args.dataset, "train", model, args.data_dir, args.sample_train)
+        _check_shots(ytr, shots, args.val_size, names)  # before the features are extracted
         te_img, yte, _ = load_split(args.dataset, "test", model, args.data_dir, args.sample_test)
         xtr = extract_features(model, tr_img, args.batch_size)
         xte = extract_features(model, te_img, args.batch_size)
@@ -106,7 +132,8 @@ def run(args) -> int:
     if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
         raise UserError(f"train/test features have shapes {xtr.shape} / {xte.shape}; expected (N, D) with equal D")
     t_feat = time.perf_counter() - t0
-    res = fewshot_eval(xtr, ytr, xte, yte, shots=shots, seeds=range(args.draws), val_size=args.val_size)
+    res = fewshot_eval(xtr, ytr, xte, yte, shots=shots, seeds=range(args.draws), val_size=args.val_size,
+                       class_names=names)
     base = {}
     if "ridge" in baselines:
         base["linear_probe_ridge"] = linear_probe(xtr, ytr, xte, yte, "ridge", val_size=args.val_size)
@@ -134,9 +161,9 @@ def run(args) -> int:
               f"{'' if b['converged'] else ', lbfgs stopped at max_iter'}): {100 * b['acc']:.2f}%")
     if "knn" in base:
         print("k-NN (cosine): " + ", ".join(f"k={k}: {100 * a:.2f}%" for k, a in base["knn"]["acc"].items()))
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
+    if args.out is not None:
+        out = Path(args.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out} ({report['seconds']['total']:.1f} s)")
+        write_atomic(out, lambda f: f.write(json.dumps(report, indent=1).encode()))
+        print(f"wrote {out} ({report['seconds']['total']:.1f} s)")
     return 0

@@ -12,7 +12,7 @@ functions take numpy arrays (features (N, D), integer labels (N,)).
     pm1_targets(y, classes)                                    -> (N, K) in {-1, 1}
     ridge_fit(x, y_targets, lam)                               -> (W (D, K), b (K,))
     ridge_path(x, y_targets, lambdas)                          -> [(W, b)] for every lambda, one SVD
-    sample_per_class(labels, k, rng, pool)                     -> indices, k per class
+    sample_per_class(labels, k, rng, pool, class_names)        -> indices, k per class
     fewshot_eval(train_x, train_y, test_x, test_y, shots, ...) -> dict of results
     linear_probe(train_x, train_y, test_x, test_y, ...)        -> dict (ridge on all train features, or logreg)
     knn_eval(train_x, train_y, test_x, test_y, ks)             -> dict (cosine k-NN)
@@ -66,18 +66,26 @@ def _accuracy(x, y, w, b, classes) -> float:
     return float((classes[np.argmax(x @ w + b, axis=1)] == y).mean())
 
 
-def sample_per_class(labels: np.ndarray, k: int, rng: np.random.Generator, pool: np.ndarray | None = None
-                     ) -> np.ndarray:
+def class_label(label, class_names: Sequence[str] | None = None) -> str:
+    """How a message names class `label`: its dataset name where known ('dress' (label 3)), else the label."""
+    i = int(label)
+    if class_names is not None and 0 <= i < len(class_names) and str(class_names[i]) != str(i):
+        return f"{str(class_names[i])!r} (label {i})"
+    return str(i)
+
+
+def sample_per_class(labels: np.ndarray, k: int, rng: np.random.Generator, pool: np.ndarray | None = None,
+                     class_names: Sequence[str] | None = None) -> np.ndarray:
     """k indices of each class, drawn without replacement from `pool` (default: all). UserError if a class has
-    fewer than k examples."""
+    fewer than k examples (naming it by `class_names[label]` where given)."""
     labels = np.asarray(labels)
     pool = np.arange(len(labels)) if pool is None else np.asarray(pool)
     classes = _classes(labels[pool])
     counts = {c: int((labels[pool] == c).sum()) for c in classes}
     smallest = min(counts, key=counts.get)
     if k < 1 or k > counts[smallest]:
-        raise UserError(f"{k} shots per class asked, but class {smallest} has only {counts[smallest]} training "
-                        f"examples available (after the held-out split); use fewer shots")
+        raise UserError(f"{k} shots per class asked, but class {class_label(smallest, class_names)} has only "
+                        f"{counts[smallest]} training examples available (after the held-out split); use fewer shots")
     idx = [rng.choice(pool[labels[pool] == c], size=k, replace=False) for c in classes]
     return np.concatenate(idx)
 
@@ -92,9 +100,11 @@ def _holdout(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, 
 
 def fewshot_eval(train_x, train_y, test_x, test_y, shots: Sequence[int] = (1, 5, 10, 25),
                  seeds: Sequence[int] = (0, 1, 2), val_size: int = 1000,
-                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, holdout_seed: int = 1234) -> dict:
+                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, holdout_seed: int = 1234,
+                 class_names: Sequence[str] | None = None) -> dict:
     """Few-shot linear evaluation. Returns {"shots": {k: {"acc": [per draw], "mean", "std", "lambda": [chosen]}},
-    "val_size", "pool_size", "num_classes"}. Accuracies are fractions in [0, 1]; std is over the draws (ddof=0)."""
+    "val_size", "pool_size", "num_classes"}. Accuracies are fractions in [0, 1]; std is over the draws (ddof=0).
+    class_names: the dataset's, indexed by label, to name a class in a message."""
     train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     classes = _classes(train_y)
@@ -106,7 +116,7 @@ def fewshot_eval(train_x, train_y, test_x, test_y, shots: Sequence[int] = (1, 5,
     for k in shots:
         accs, lams, val_accs = [], [], []
         for seed in seeds:
-            idx = sample_per_class(train_y, int(k), np.random.default_rng(seed), pool)
+            idx = sample_per_class(train_y, int(k), np.random.default_rng(seed), pool, class_names)
             sols = ridge_path(train_x[idx], pm1_targets(train_y[idx], classes), lambdas)
             va = [_accuracy(train_x[val], train_y[val], w, b, classes) for w, b in sols]
             best = max(range(len(lambdas)), key=lambda i: (va[i], lambdas[i]))  # ties: the stronger regulariser
