@@ -1,6 +1,7 @@
 """Few-shot linear evaluation (section 4.1) and the baselines, against scikit-learn / numpy lstsq computations."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -231,6 +232,9 @@ def test_fewshot_writes_a_file_only_when_asked(tmp_path, monkeypatch, capsys):
     assert main(feats + ["--out", str(tmp_path / "out" / "fs.json")]) == 0
     assert json.loads((tmp_path / "out" / "fs.json").read_text())["fewshot"]["shots"]["1"]["acc"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["fs.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "out" / "fs.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() makes it
 
 
 def test_too_many_shots_names_the_class(tmp_path, capsys):

@@ -4,6 +4,7 @@ PyTorch printed side by side on the embedded Fashion-MNIST test images."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -21,7 +22,10 @@ def _export(tmp_path, capsys, fmt, ckpt="vit_token.npz"):
                "--verify-limit", "200"])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert out.exists()
+    assert out.exists() and _left_next_to(out) == []
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would make it
     diff = float(re.search(r"max \|logit difference\| vs PyTorch ([0-9.e+-]+)", text).group(1))
     m = re.search(r"PyTorch ([0-9.]+)%\s+\S+ ([0-9.]+)%", text)
     assert m, text

@@ -156,11 +156,15 @@ def compare_top1(model, preprocess, run, dataset, batch_size: int = 100, limit=N
 
 
 def _partial(out: Path) -> Path:
-    """A new, empty temporary file next to `out` (same folder, so that the rename is atomic; same suffix)."""
+    """A new, empty temporary file next to `out` (same folder, so that the rename is atomic; same suffix), with the
+    permissions `out` would get."""
     import os
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".partial{out.suffix}", dir=out.parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # the permissions a plain open() gives, not mkstemp's private 0600
     os.close(fd)
     return Path(tmp)
 
