@@ -128,3 +128,139 @@ def test_a_greyscale_folder_says_it_is_fed_as_three_channels(tmp_path, capsys, o
                                f"imagefolder:{root}", *FAST, "--steps", "1", "--out", tmp_path / "ft"])
     assert rc == 0, err
     assert "greyscale, repeated to the 3 channels of an RGB model" in err[0], err[0]
+
+
+# ------------------------------------------------------------------------------------------ 2. --recipe on --resume
+
+
+def one_error(rc: int, err: list[str]) -> str:
+    lines = [x for x in err if not x.startswith(("vitkit train: ", "step "))]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("vitkit: error: ") and "Traceback" not in lines[0], err
+    return lines[0]
+
+
+def test_resume_refuses_another_recipe(tmp_path, capsys, one_thread):
+    """An MPP run (and a fine-tuning run) resumed with another --recipe is refused in one line, as a changed
+    --layer-decay is; the run's own recipe named again resumes."""
+    photos = folder(tmp_path / "photos", per_class=8, side=32)
+    common = ["--dataset", f"imagefolder:{photos}", "--image-size", "32", "--batch-size", "8", *FAST]
+    mpp, ft = tmp_path / "mpp", tmp_path / "ft"
+    assert run_cli(capsys, ["train", "--recipe", "mpp", *common, "--steps", "1", "--out", mpp])[0] == 0
+    for other in ("pretrain", "finetune", "default"):
+        line = one_error(*run_cli(capsys, ["train", "--out", mpp, "--resume", "--recipe", other, "--steps", "2"]))
+        assert f"--resume: --recipe {other} (saved: mpp); these define the run" in line, line
+    assert torch.load(mpp / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 1
+    assert run_cli(capsys, ["train", "--out", mpp, "--resume", "--recipe", "mpp", "--steps", "2"])[0] == 0
+    assert run_cli(capsys, ["train", "--out", mpp, "--resume", "--steps", "3"])[0] == 0  # no --recipe: the run's
+
+    assert run_cli(capsys, ["train", "--init", mpp / "checkpoint", *common, "--steps", "1", "--out", ft])[0] == 0
+    line = one_error(*run_cli(capsys, ["train", "--out", ft, "--resume", "--recipe", "pretrain", "--steps", "2"]))
+    assert "--recipe pretrain (saved: finetune)" in line, line
+
+
+# ------------------------------------------------------------------ 4. a refused resume names the value used
+
+
+def test_a_refused_resume_names_the_value_the_run_used(tmp_path, capsys, one_thread):
+    """Fine-tuning on a folder, the plan leaves the resolution to the checkpoint (saved as not given): a resume
+    that gives another --image-size names the 32 px the run used, not None; giving the 32 it used is no change."""
+    photos = folder(tmp_path / "photos", per_class=4, side=32)
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    assert run_cli(capsys, ["train", "--dataset", f"imagefolder:{photos}", "--image-size", "32", *FAST,
+                            "--steps", "1", "--out", pre])[0] == 0
+    rc, err = run_cli(capsys, ["train", "--init", pre / "checkpoint", "--dataset", f"imagefolder:{photos}", *FAST,
+                               "--steps", "1", "--out", ft])
+    assert rc == 0 and "32 px (the checkpoint's resolution)" in err[0], err
+    assert torch.load(ft / "checkpoint" / "train_state.pt", weights_only=True)["settings"]["image_size"] is None
+    line = one_error(*run_cli(capsys, ["train", "--out", ft, "--resume", "--image-size", "64", "--steps", "2"]))
+    assert "--image-size 64 (saved: the run used 32)" in line and "None" not in line, line
+    line = one_error(*run_cli(capsys, ["train", "--out", ft, "--resume", "--teacher", pre / "checkpoint",
+                                       "--steps", "2"]))
+    assert f"--teacher {pre / 'checkpoint'} (saved: not given)" in line, line
+    assert run_cli(capsys, ["train", "--out", ft, "--resume", "--image-size", "32", "--steps", "2"])[0] == 0
+    state = torch.load(ft / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 2 and state["settings"]["image_size"] is None  # the run's settings, as saved
+
+
+# ------------------------------------------------------------------- 3. a teacher whose weights changed
+
+
+def _teacher(path: Path, seed: int) -> Path:
+    from test_distill import loaded
+
+    from vitkit import save_checkpoint
+
+    m = loaded("ViT-testing/4", seed, classes=2)
+    m.class_names = ["a", "b"]
+    save_checkpoint(path, m)
+    return path
+
+
+def _losses(out: Path) -> list:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in r]
+
+
+def test_resume_refuses_a_teacher_whose_weights_changed_and_follows_moved_ones(tmp_path, capsys, one_thread):
+    from vitkit.errors import UserError
+    from vitkit.train.loop import TrainSettings, train
+
+    photos = folder(tmp_path / "photos", per_class=8, side=32)
+    teacher = _teacher(tmp_path / "teacher", 0)
+    run = dict(dataset=f"imagefolder:{photos}", image_size=32, model="ViT-testing/4", batch_size=8,
+               precision="fp32", progress=False, warmup_steps=1, save_every=2, eval_every=2, teacher=str(teacher),
+               distill_weight=0.5, steps=4)
+    train(TrainSettings(**run, out=str(tmp_path / "ref")))
+
+    class Crash(Exception):
+        pass
+
+    def crash(record):  # after step 3, before its checkpoint: the run resumes from step 2's
+        if record["step"] == 3:
+            raise Crash
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Crash):
+        train(TrainSettings(**run, out=str(cut)), on_step=crash)
+    _teacher(teacher, 1)  # other weights at the same path: another distillation, refused in one line
+    line = one_error(*run_cli(capsys, ["train", "--out", cut, "--resume"]))
+    assert f"--resume: --teacher {teacher}: its weights are not the ones the run was started with" in line, line
+    state = torch.load(cut / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 2 and [t["teacher"] for t in state["teachers"]] == [str(teacher)]
+    assert len(state["teachers"][0]["sha256"]) == 64
+    with pytest.raises(UserError, match="its weights are not the ones"):
+        train(TrainSettings(**run, out=str(cut), resume=True))
+
+    # the same weights moved to another path: the same run, continued exactly
+    _teacher(teacher, 0)
+    moved = tmp_path / "moved"
+    teacher.rename(moved)
+    train(TrainSettings(**{**run, "teacher": str(moved)}, out=str(cut), resume=True))
+    assert _losses(cut) == _losses(tmp_path / "ref") and len(_losses(cut)) == 4
+
+
+def test_a_run_saved_without_teacher_hashes_resumes_with_a_note_and_records_them(tmp_path, capsys, one_thread):
+    photos = folder(tmp_path / "photos", per_class=8, side=32)
+    teacher = _teacher(tmp_path / "teacher", 0)
+    out = tmp_path / "old"
+    common = ["--dataset", f"imagefolder:{photos}", "--image-size", "32", "--batch-size", "8", *FAST,
+              "--teacher", teacher]
+    assert run_cli(capsys, ["train", *common, "--steps", "1", "--out", out])[0] == 0
+    f = out / "checkpoint" / "train_state.pt"
+    state = torch.load(f, weights_only=True)
+    del state["teachers"]  # as an earlier vitkit wrote it
+    torch.save(state, f)
+    rc, err = run_cli(capsys, ["train", "--out", out, "--resume", "--steps", "2"])
+    assert rc == 0, err
+    assert any(x.startswith("vitkit train: note: this run's checkpoint records no hash of its teachers' weights")
+               for x in err), err
+    assert len(torch.load(f, weights_only=True)["teachers"]) == 1  # checked from the next resume on
+    _teacher(teacher, 1)
+    line = one_error(*run_cli(capsys, ["train", "--out", out, "--resume", "--steps", "3"]))
+    assert "its weights are not the ones the run was started with" in line
+    # an old run's teacher path is still compared as a path
+    state = torch.load(f, weights_only=True)
+    del state["teachers"]
+    torch.save(state, f)
+    line = one_error(*run_cli(capsys, ["train", "--out", out, "--resume", "--teacher", tmp_path / "elsewhere",
+                                       "--steps", "3"]))
+    assert f"--teacher {tmp_path / 'elsewhere'} (saved: {teacher})" in line, line

@@ -14,7 +14,8 @@ and no --recipe the finetune recipe is used. The flags are the fields of TrainSe
 
 A run directory that holds a run is never replaced unasked: --resume continues it, --overwrite replaces it.
 On --resume the settings that define the run must match the saved ones (see TrainSettings: the `resumable`
-fields, such as --steps/--epochs to extend a run, may change).
+fields, such as --steps/--epochs to extend a run, may change); a --recipe given with --resume must be the one the
+run was started with.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def settings_from_args(args: argparse.Namespace):
     from .recipes import get_recipe
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "debug", "json", "_run")}
+    named = "recipe" in given
     recipe = get_recipe(given.pop("recipe", "finetune" if given.get("init") else "default"))
     base = TrainSettings(**vars(recipe))
     if given.get("resume"):
+        if named:  # a recipe named on --resume must be the run's: the check (loop.py) compares it as a setting
+            given["name"] = recipe.name
         out = TrainSettings(**{**vars(recipe), **given}).run_dir()
         state = load_train_state(out / CHECKPOINT) if (_existing(out / CHECKPOINT) / TRAIN_STATE).exists() else None
         if state is None:

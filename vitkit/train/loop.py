@@ -305,6 +305,9 @@ class Run:
     saved: Optional[dict]  # train_state.pt of the run being resumed
     init_model: Any  # the --init checkpoint, loaded once
     teachers: dict = dataclasses.field(default_factory=dict)  # --teacher: {as given: LoadedModel, eval, no grad}
+    # [{"teacher": as given, "sha256": teacher_digest}] per teacher, saved in train_state.pt ("teachers"), so that a
+    # resume can tell that the weights at a teacher's path are still the ones the run started with
+    teacher_digests: list = dataclasses.field(default_factory=list)
     # one entry per start or resume: {"from_step", "precision", "device"}, saved in train_state.pt ("segments"),
     # so that a run continued in another precision or on another device says which steps ran how
     segments: list = dataclasses.field(default_factory=list)
@@ -398,21 +401,92 @@ def _remove_run(out: Path) -> None:
         (out / METRICS).unlink()
 
 
-def _check_resumed_settings(s: TrainSettings, saved: dict) -> None:
-    """The settings that define the run must be the saved ones; a UserError names those that differ."""
-    was = TrainSettings.from_dict(saved.get("settings", {})).to_dict()
-    now, free = s.to_dict(), resumable(TrainSettings) | {"name"}
-    differ = [f"{option(k)} {now[k]} (saved: {was[k]})" for k in now if k not in free and now[k] != was[k]]
+def _check_resumed_settings(s: TrainSettings, saved: dict, model_config: Optional[dict] = None) -> TrainSettings:
+    """The settings that define the run must be the saved ones; a UserError names those that differ, each with the
+    value the run used. A setting saved as None (not given: the run used a default, such as the checkpoint's
+    resolution) is compared with the value the run's model has (`model_config`, its checkpoint's config.json);
+    given as that value, it is no change, and `s` comes back with the saved None. --recipe is compared where the
+    run saved its recipe's name; --teacher is compared by its weights' hash (_check_teachers) where the run
+    recorded one."""
+    settings = saved.get("settings", {})
+    was = TrainSettings.from_dict(settings).to_dict()
+    now, free = s.to_dict(), resumable(TrainSettings)
+    if "name" not in settings:  # saved before the recipe's name was: nothing to compare with
+        free = free | {"name"}
+    if saved.get("teachers"):  # the teachers' weights are compared instead of their paths
+        free = free | {"teacher"}
+    used = _used_defaults(model_config or {})
+    differ, same = [], {}
+    for k in now:
+        if k in free or now[k] == was[k]:
+            continue
+        if was[k] is None and k in used and now[k] == used[k]:
+            same[k] = None  # the value the run used: no change
+            continue
+        saved_as = (f"the run used {used[k]}" if was[k] is None and used.get(k) is not None
+                    else "not given" if was[k] is None else was[k])
+        differ.append(f"{'--recipe' if k == 'name' else option(k)} {now[k]} (saved: {saved_as})")
     if differ:
+        can = sorted(option(k) for k in resumable(TrainSettings) - {"resume"})
         raise UserError(f"--resume: {'; '.join(differ)}; these define the run and cannot change when it is "
-                        f"resumed (only {', '.join(sorted(option(k) for k in free - {'name', 'resume'}))} can); "
-                        f"start a new run with another --out instead")
+                        f"resumed (only {', '.join(can)} can); start a new run with another --out instead")
+    return s.replace(**same) if same else s
+
+
+def _used_defaults(model: dict) -> dict:
+    """The values a run used for the settings it left to a default that its model records (config.json's
+    "model"): its resolution, and for a ViT its classifier, position embedding and GELU."""
+    used = {"image_size": model.get("image_size"), "classifier": model.get("classifier"),
+            "pos_embed": model.get("pos_embed"),
+            "gelu": {v: k for k, v in GELU.items()}.get(model.get("gelu_approximate"))}
+    return {k: v for k, v in used.items() if v is not None}
+
+
+def teacher_digest(teacher) -> str:
+    """sha256 of what a teacher's targets are computed from, whatever format or name it was loaded from: its
+    model config, its preprocessing and every weight (name, dtype, shape and bytes, in name order). Reading
+    costs a pass over the weights (about 0.3 s for ViT-B/16's 344 MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(repr(teacher.model.cfg).encode())
+    pre = teacher.preprocess
+    h.update(json.dumps(pre.to_dict() if pre is not None else None, sort_keys=True).encode())
+    for name, v in sorted(teacher.model.state_dict().items()):
+        v = v.detach().cpu().contiguous()
+        h.update(f"{name} {v.dtype} {tuple(v.shape)}".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _check_teachers(s: TrainSettings, saved: dict, digests: list, say: bool) -> None:
+    """A resumed distillation must have the teachers it started with: their weights' hashes are compared (a path
+    may hold other weights now; the same weights may have moved). A run saved before the hashes were recorded is
+    resumed unchecked (its --teacher paths are the saved ones: _check_resumed_settings compares them), with a note;
+    its checkpoints record the hashes from then on."""
+    if "teachers" not in saved:
+        if s.teacher:
+            _say(f"vitkit train: note: this run's checkpoint records no hash of its teachers' weights (saved by an "
+                 f"earlier vitkit): resuming without checking that --teacher {s.teacher} holds the weights it was "
+                 f"started with; the hashes are recorded from now on", say)
+        return
+    was = list(saved["teachers"])
+    if len(was) != len(digests):
+        started = ",".join(d["teacher"] for d in was) or "none"
+        raise UserError(f"--resume: --teacher {s.teacher or 'not given'}: {len(digests)} teacher(s), the run was "
+                        f"started with {len(was)} ({started}); start a new run with another --out instead")
+    for a, b in zip(was, digests):
+        if a["sha256"] != b["sha256"]:
+            moved = "" if a["teacher"] == b["teacher"] else f" (started with {a['teacher']})"
+            raise UserError(f"--resume: --teacher {b['teacher']}{moved}: its weights are not the ones the run was "
+                            f"started with (sha256 {b['sha256'][:12]}, saved: {a['sha256'][:12]}); put those weights "
+                            f"back, or start a new run with another --out instead")
 
 
 def setup(s: TrainSettings, info: D.DistInfo) -> Run:
     """The run directory (created, checked: a new run refuses an earlier one unless --overwrite), the state to
     resume from (its settings checked against `s`), the seeds and the --init checkpoint."""
-    from ..checkpoint.io import TRAIN_STATE, _existing, load_train_state
+    from ..checkpoint.io import TRAIN_STATE, _existing, load_train_state, read_config
 
     out = s.run_dir()
     ckpt_dir = out / CHECKPOINT
@@ -430,7 +504,11 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
         if not (_existing(ckpt_dir) / TRAIN_STATE).exists():
             raise UserError(f"--resume: no checkpoint to resume in {out} (expected {ckpt_dir / TRAIN_STATE})")
         saved = load_train_state(ckpt_dir)
-        _check_resumed_settings(s, saved)
+        try:
+            model_config = read_config(ckpt_dir).get("model")
+        except UserError:  # the weights' own check reports a broken checkpoint
+            model_config = None
+        s = _check_resumed_settings(s, saved, model_config if isinstance(model_config, dict) else None)
         was = saved.get("settings", {}).get("precision", s.precision)
         if was != s.precision:  # like --device: allowed (a bf16 run on a machine without bf16 would crawl), not exact
             _say(f"vitkit train: note: --resume continues a {was} run in {s.precision}; from step {saved['step']} on "
@@ -445,7 +523,11 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
     D.barrier()
 
     segments = _segments(saved, s.precision, info.device.type)
-    return Run(s, info, out, saved, _seed_and_load_init(s), _load_teachers(s, info.device), segments)
+    init_model = _seed_and_load_init(s)
+    teachers, digests = _load_teachers(s, info.device)
+    if saved is not None:
+        _check_teachers(s, saved, digests, info.is_main)
+    return Run(s, info, out, saved, init_model, teachers, digests, segments)
 
 
 def _segments(saved: Optional[dict], precision: str, device: str) -> list:
@@ -458,21 +540,23 @@ def _segments(saved: Optional[dict], precision: str, device: str) -> list:
     return [*earlier, {"from_step": int(saved["step"]), "precision": precision, "device": device}]
 
 
-def _load_teachers(s: TrainSettings, device) -> dict:
-    """--teacher's checkpoints (names, paths or URLs; a comma list), in eval mode without gradients, on `device`."""
+def _load_teachers(s: TrainSettings, device) -> tuple[dict, list]:
+    """--teacher's checkpoints (names, paths or URLs; a comma list), in eval mode without gradients, on `device`;
+    and their digests (teacher_digest), in the order given."""
     if not s.teacher:
-        return {}
+        return {}, []
     from ..checkpoint.io import load
 
     specs = [t.strip() for t in s.teacher.split(",")]
     if not all(specs):
         raise UserError(f"--teacher {s.teacher!r}: an empty name in the comma list")
-    teachers = {}
+    teachers, digests = {}, []
     for spec in specs:
         t = load(spec)
+        digests.append({"teacher": spec, "sha256": teacher_digest(t)})
         t.model.to(device).eval().requires_grad_(False)
         teachers[spec] = t
-    return teachers
+    return teachers, digests
 
 
 def _seed_and_load_init(s: TrainSettings):
@@ -666,7 +750,7 @@ def save(path: Path, run: Run, data: Data, plan: Plan, parts: Parts, progress: P
              "best_top1": progress.best_top1, "best_step": progress.best_step,
              "rng": D.all_gather_object(rng_state(parts.aug_gen)), "settings": run.s.to_dict(),
              "world_size": plan.world, "objective_state": parts.objective.extra_state(parts.trained),
-             "segments": run.segments}
+             "segments": run.segments, "teachers": run.teacher_digests}
     tosave = parts.core
     if D.is_fsdp(model):  # collectives on every rank; the full tensors land on rank 0 only
         full = D.full_model_state(model)
@@ -824,6 +908,7 @@ def train(s: TrainSettings, on_step: Optional[Callable[[dict], None]] = None) ->
 
 def _train(s: TrainSettings, info: D.DistInfo, on_step) -> dict:
     run = setup(s, info)
+    s = run.s  # a resumed run's settings, as the check settled them
     data = load_data(s, run.init_model)
     plan = plan_steps(s, data.n_train, info.world_size)
     parts, progress = build(run, data, plan)
