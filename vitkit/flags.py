@@ -271,3 +271,20 @@ def check_writable(path, flag: str = "--out", directory: bool = False) -> None:
                 m.rmdir()
             except OSError:
                 pass  # something was put there meanwhile: not ours to remove
+
+
+def partial_file(out) -> "Path":
+    """A new, empty temporary file beside `out` (same folder, so that renaming it onto `out` is atomic; same
+    suffix, which some writers read), with the permissions a plain open() would give `out`, not mkstemp's 0600.
+    The one place outputs that appear only when complete (export, features, fewshot) get their temporary file."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".partial{out.suffix}", dir=out.parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    return Path(tmp)

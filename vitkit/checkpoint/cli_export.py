@@ -155,24 +155,10 @@ def compare_top1(model, preprocess, run, dataset, batch_size: int = 100, limit=N
             "agreement": 100.0 * agree / n, "max_abs_diff": worst}
 
 
-def _partial(out: Path) -> Path:
-    """A new, empty temporary file next to `out` (same folder, so that the rename is atomic; same suffix), with the
-    permissions `out` would get."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".partial{out.suffix}", dir=out.parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # the permissions a plain open() gives, not mkstemp's private 0600
-    os.close(fd)
-    return Path(tmp)
-
-
 def run(args) -> int:
     import os
 
-    from ..flags import check_writable
+    from ..flags import check_writable, partial_file
     from .io import load
 
     out = Path(args.out).expanduser()
@@ -186,7 +172,7 @@ def run(args) -> int:
         ds = load_dataset(args.verify_dataset, "test", image_size=pre.image_size, channels=pre.channels,
                           preprocess=pre)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(out)  # OUT appears (or is replaced) only once the export has passed every check
+    tmp = partial_file(out)  # OUT appears (or is replaced) only once the export has passed every check
     try:
         export(model, args.format, tmp, args.opset)
         rt = runtime(args.format, tmp)

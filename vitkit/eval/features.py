@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..flags import partial_file
 from ..runtime import as_loaded, to_model_input, unwrap
 from ..runtime import load_split as runtime_load_split
 
@@ -58,16 +58,13 @@ def write_atomic(path, write: Callable) -> Path:
     once complete: a reader, or an earlier file of that name, never sees a half-written one. The file gets the
     permissions a plain open() would give it."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    tmp = partial_file(path)
     try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
 
 
