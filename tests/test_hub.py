@@ -83,7 +83,7 @@ def test_registry_names_urls_sizes_and_top1():
     assert set(reg) == expected and len(reg) == 6 + 7 + 18
     for name, p in reg.items():
         assert p.url == f"https://storage.googleapis.com/vit_models/{name}.npz" and not p.shipped
-        assert p.sha256 is None  # none is published; never invented
+        assert p.sha256 is None and p.size is None  # none is published (sizes only rounded); never invented
         assert p.image_size == (PAPER_FT[name.split("/")[1]] if name.startswith("imagenet21k+") else
                                 384 if "--imagenet2012" in name else 224)
         assert p.num_classes == (1000 if "imagenet2012" in name else 21843)
@@ -162,7 +162,8 @@ def test_models_pretrained_json(capsys):
 def assert_readable_table(table: list[str], names: list[str], width: int = 120):
     """Every line fits `width` columns, and every name appears in full, in order, at the start of a line."""
     assert max(len(line) for line in table) <= width, max(table, key=len)
-    starts = [line.split()[0] for line in table[1:] if line and not line[0].isspace() and not line.startswith("(")]
+    body = table[1:table.index("")] if "" in table else table[1:]  # the aliases and the notes follow a blank line
+    starts = [line.split()[0] for line in body if not line[0].isspace() and not line.startswith("(")]
     assert starts == names
 
 
@@ -178,15 +179,23 @@ def test_pretrained_table_puts_names_too_long_for_their_column_on_their_own_line
     assert all(len(line) <= 120 for line in table if line != "y" * 130)
 
 
-def make_shipped(folder: Path, name="vit-tiny-fmnist", **extra):
+def make_shipped(folder: Path, name="vit-tiny-fmnist", record=True, **extra):
+    """A checkpoint folder; with record (a shipped one, folder/<name>.v1): recorded in folder/MANIFEST.json with
+    the alias <name>, as scripts/ship_weights.py records it."""
     from vitkit.data.preprocess import Preprocess
 
     torch.manual_seed(0)
     model = vitkit.create_model("ViT-testing/4", num_classes=10, image_size=28, in_chans=1)
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a trained head (eval and predict refuse an all-zero one)
     pre = Preprocess(image_size=28, channels=1, mean=(0.5,), std=(0.5,))
-    vitkit.save_checkpoint(folder / name, model, pre, [f"c{i}" for i in range(10)], extra=extra)
-    (folder / name / "MODEL_CARD.md").write_text("# test model\n")
+    version = f"{name}.v1" if record else name
+    vitkit.save_checkpoint(folder / version, model, pre, [f"c{i}" for i in range(10)], extra=extra)
+    (folder / version / "MODEL_CARD.md").write_text("# test model\n")
+    if record:
+        man = hub.manifest(folder)
+        man["shipped"][version] = hub.folder_record(folder / version)
+        man["aliases"][name] = version
+        hub.write_manifest(man, folder)
     return model
 
 
@@ -197,20 +206,25 @@ def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monke
     model = make_shipped(weights, dataset="fashion-mnist", top1=12.5)
     (weights / "half-written").mkdir()  # no weights in it: not a model
     (weights / "half-written" / "config.json").write_text("{}")
-    assert [p.name for p in hub.shipped()] == ["vit-tiny-fmnist"]
+    assert [p.name for p in hub.shipped()] == ["vit-tiny-fmnist.v1"]
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 32 + 17 and sum(r["shipped"] for r in rows) == 1
     mine = rows[0]
     assert (mine["name"], mine["shipped"], mine["dataset"], mine["image_size"], mine["top1"], mine["url"]) == (
-        "vit-tiny-fmnist", True, "fashion-mnist", 28, 12.5, None)
-    assert mine["params"] == model.num_params()
+        "vit-tiny-fmnist.v1", True, "fashion-mnist", 28, 12.5, None)
+    assert mine["params"] == model.num_params() and mine["aliases"] == ["vit-tiny-fmnist"]
+    f = weights / "vit-tiny-fmnist.v1" / "model.safetensors"
+    assert mine["size"] == f.stat().st_size and mine["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert set(mine["files"]) == {"model.safetensors", "config.json", "MODEL_CARD.md"}
     assert main(["models", "--pretrained"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert_readable_table(table, [r["name"] for r in rows])
-    assert table[1].split() == ["vit-tiny-fmnist", "fashion-mnist", "28", "10", f"{model.num_params():,}", "12.50",
-                                "shipped"]
+    assert table[1].split() == ["vit-tiny-fmnist.v1", "fashion-mnist", "28", "10", f"{model.num_params():,}",
+                                "12.50", "shipped"]
+    assert "  vit-tiny-fmnist  -> vit-tiny-fmnist.v1" in table  # the alias, under the table
     assert same_weights(vitkit.load("vit-tiny-fmnist").model, model)
+    assert same_weights(vitkit.load("vit-tiny-fmnist.v1").model, model)
 
 
 def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypatch, capsys):
@@ -234,7 +248,7 @@ def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypa
 def test_a_local_path_wins_over_a_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hub, "BUCKET", closed_port_url("/vit_models/"))  # a download would fail loudly
-    model = make_shipped(tmp_path / "imagenet21k", name="ViT-B_16")
+    model = make_shipped(tmp_path / "imagenet21k", name="ViT-B_16", record=False)
     assert same_weights(vitkit.load("imagenet21k/ViT-B_16").model, model)
 
 
@@ -372,7 +386,7 @@ def test_a_killed_download_leaves_nothing_trusted_and_a_rerun_completes(server, 
 def test_a_checkpoint_folder_packed_in_an_archive_loads_from_its_url(server, cache, tmp_path, fmt):
     import shutil
 
-    model = make_shipped(tmp_path / "src", name="ckpt")
+    model = make_shipped(tmp_path / "src", name="ckpt", record=False)
     archive = Path(shutil.make_archive(str(tmp_path / "ckpt"), fmt, tmp_path / "src", "ckpt"))
     url = server.serve("/packed/" + archive.name, archive.read_bytes())
     assert same_weights(vitkit.load(url).model, model) and vitkit.load(url).class_names[3] == "c3"

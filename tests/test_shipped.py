@@ -14,12 +14,13 @@ import vitkit
 from vitkit.checkpoint import hub
 
 SHIPPED = sorted(d.name for d in hub.WEIGHTS_DIR.iterdir() if d.is_dir()) if hub.WEIGHTS_DIR.is_dir() else []
+ALIASES = hub.aliases()  # bare name -> version (tests/test_weights_versions.py checks the table itself)
 TIN = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOTAL_MB = 25  # all shipped weights together (issue: pre-trained weights and transfer)
 
 
 def test_something_is_shipped_and_within_the_size_budget():
-    assert "ViT-Mini_8-tiny-imagenet" in SHIPPED
+    assert "ViT-Mini_8-tiny-imagenet.v1" in SHIPPED and ALIASES["ViT-Mini_8-tiny-imagenet"] in SHIPPED
     total = sum(f.stat().st_size for f in hub.WEIGHTS_DIR.rglob("model.safetensors"))
     assert total <= TOTAL_MB * 2 ** 20
 
@@ -43,7 +44,7 @@ def test_shipped_model_loads_by_name_finite_with_a_card_that_matches(name):
 @pytest.mark.slow
 @pytest.mark.skipif(not (TIN / "tiny-imagenet-200" / "val" / "val_annotations.txt").is_file(),
                     reason="Tiny ImageNet not found beside the repository (shared/data)")
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n.endswith("-tiny-imagenet")])
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.split(".v")[0].endswith("-tiny-imagenet")])
 def test_tiny_imagenet_model_reaches_its_shipped_top1_on_real_validation_images(name):
     from vitkit.runtime import load_split, to_model_input
 

@@ -4,9 +4,14 @@ Built on the meta device: no memory, no time.
 
 `vitkit models --pretrained`: every pre-trained model vitkit knows by name (vitkit/checkpoint/hub.py): the ones
 shipped inside the package and the official downloads, with dataset, image size, parameters, published ImageNet
-top-1 where known, and whether it is shipped or downloaded, in a table that fits 120 columns (names too long for
-their column get a line of their own); --json adds the URL and the rest. Each name works wherever a checkpoint path
-does."""
+top-1 where known, and whether it is shipped, downloaded or retired, in a table that fits 120 columns (names too long
+for their column get a line of their own); --json adds the URL and the rest. Each name works wherever a checkpoint
+path does, except a retired one, which is refused saying what it was.
+
+Shipped names are versioned, `<name>.v<N>`, and never change their weights; under the table, each alias (the bare
+`<name>`) and the version it points at, which may move to newer weights. --json gives each shipped version's files
+with their size and sha256 (vitkit/weights/MANIFEST.json, checked on load), its aliases, and for downloads that no
+sha256 is published."""
 
 from __future__ import annotations
 
@@ -34,27 +39,28 @@ TABLE_WIDTH = 120  # the plain --pretrained table fits a terminal this wide (nam
 
 
 def run_pretrained(args) -> int:
-    from .checkpoint.hub import registry
+    from .checkpoint.hub import aliases, registry
 
     rows = [p.to_dict() for p in registry().values()]
     if args.json:
         print(json.dumps(rows))
         return 0
-    print("\n".join(pretrained_table(rows)))
+    print("\n".join(pretrained_table(rows, aliases=aliases())))
     return 0
 
 
-def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH) -> list[str]:
+def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH, aliases: dict | None = None) -> list[str]:
     """The plain table of `vitkit models --pretrained`: one line per model, within `width` columns. The name column
     is as wide as the names that fit beside the other columns; a longer name (AugReg's run up to ~110 characters)
     gets a line of its own, in full, with its figures on the next line under the columns. `source` says "shipped"
-    (inside the package) or "download" (fetched into the cache once; --json gives the URL)."""
+    (inside the package), "download" (fetched into the cache once; --json gives the URL) or "retired" (a version no
+    longer shipped). `aliases` (bare name -> version) are listed under the table."""
     ds = max([len("dataset")] + [len(r["dataset"] or "-") for r in rows]) + 2
 
     def figures(r: dict) -> str:
         top1 = f"{r['top1']:.2f}" if r["top1"] is not None else "-"
         return (f"{r['dataset'] or '-':<{ds}}{r['image_size']:>6}{r['num_classes']:>8}{r['params']:>14,}{top1:>8}"
-                f"  {'shipped' if r['shipped'] else 'download'}")
+                f"  {'shipped' if r['shipped'] else 'retired' if r.get('retired') else 'download'}")
 
     head = f"{'dataset':<{ds}}{'image':>6}{'classes':>8}{'params':>14}{'top-1':>8}  source"
     rest = max([len(head)] + [len(figures(r)) for r in rows])
@@ -65,9 +71,16 @@ def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH) -> list[str]:
             lines.append(f"{r['name']:<{name_w}}{figures(r)}")
         else:
             lines += [r["name"], " " * name_w + figures(r)]
+    if aliases:
+        lines += ["", "aliases (each may move to newer weights; a versioned name <name>.v<N> never does):"]
+        aw = max(len(a) for a in aliases) + 2
+        lines += [f"  {a:<{aw}}-> {t}" for a, t in aliases.items()]
+        lines.append("")
     lines += ["(top-1: validation accuracy in % on the last dataset in the dataset column; downloads: as published;",
-              "(shipped: measured by vitkit); any name above works wherever a checkpoint path does)",
-              "(source: shipped = inside the package; download = fetched into the cache on first use; --json: URLs)"]
+              "(shipped: measured by vitkit); any name above works wherever a checkpoint path does, except a retired one)",
+              "(source: shipped = inside the package; download = fetched into the cache on first use; --json: URLs;",
+              "(retired = a version no longer shipped: asking for it says what it was and which git commit holds it)",
+              "(shipped files: size + sha256 in --json, checked on load; downloads: no sha256 is published by Google)"]
     return lines
 
 

@@ -26,11 +26,39 @@ thing: https://storage.googleapis.com/vit_models/<name>.npz. Sources, all in goo
   - vit_jax/checkpoint.py, get_augreg_df(): the AugReg index gs://vit_models/augreg/index.csv (759 pre-trained and
     51,509 fine-tuned files, vit_jax_augreg.ipynb). Every file of that index works as "augreg/<filename>"; only the
     README's recommended ones are listed.
-No sha256 is published for these files: a download is checked against the length the server announces.
+No sha256 is published for these files (and no exact size: the listing's sizes are rounded): a download is checked
+against the length the server announces, and `vitkit models --pretrained --json` says so (`integrity`) and gives
+4 bytes per parameter as an approximate size (`approx_size`) for the vit_models files, whose listed sizes it matches.
 
-Shipped models live inside the package as native checkpoints, vitkit/weights/<name>/ (model.safetensors,
+Shipped models live inside the package as native checkpoints, vitkit/weights/<name>.v<N>/ (model.safetensors,
 config.json, MODEL_CARD.md); they are found by scanning that folder, so `shipped` is a fact about the installed
 package. Optional "dataset" and "top1" (percent) keys of the config.json are shown in the listing.
+
+Names, versions and aliases. A versioned name `<name>.v<N>` ("ViT-Mini_8-tiny-imagenet.v1") names one file of
+weights forever: new weights under the same model name are a new version, `.v<N+1>`, never a new file under an old
+version (scripts/ship_weights.py refuses that). The bare `<name>` is an alias of the recommended version and may
+move to newer weights; it loads wherever a versioned name does. A version no longer in the package is "retired":
+still known by name, and asking for it is refused in one line saying what it was (top-1, sha256) and which git
+commit holds it -- never mapped to another version. All of this is one file, vitkit/weights/MANIFEST.json:
+
+    {"format": "vitkit-weights-manifest", "version": 1,
+     "aliases": {"<name>": "<name>.v<N>", ...},
+     "shipped": {"<name>.v<N>": {"model.safetensors": {"size": BYTES, "sha256": HEX}, "config.json": {...},
+                                 "MODEL_CARD.md": {...}}, ...},
+     "retired": {"<name>.v<N>": {"variant", "dataset", "top1", "image_size", "num_classes", "params",
+                                 "model.safetensors": {"size", "sha256"}, "commit", "path", "replaced_by",
+                                 "replaced_in", "copy"}, ...}}
+
+Loading a shipped name (or its alias) first checks model.safetensors and config.json against their recorded size
+and sha256 (`verify`) and refuses a mismatch in one line naming the file and both hashes; a folder the manifest does
+not record is refused too. The result is remembered per process, keyed by the file's path, size, mtime and inode,
+so repeated loads hash once (hashing the 11 MB safetensors file takes about 10 ms on one CPU core). tests/
+test_weights_versions.py keeps a frozen list of every released (versioned name, sha256): a released version still
+in the package must have exactly that hash, and no released name may disappear from the manifest.
+
+Model cards are generated, not edited: `model_card(folder)` renders MODEL_CARD.md from the folder's config.json
+(its architecture, "dataset", "top1", and the "card" entry: the training record -- cycles with their evaluation
+curve, steps, time and recipe -- and the prose for data, licence and notes) and the weights file's size and sha256.
 
 Downloads go to $VITKIT_CACHE (default: the datasets' cache, ~/.cache/vitkit)/<host>/<path of the URL>. The
 fetching itself is vitkit/download.py, shared with the datasets' downloads: bytes are written to a ".part" file
@@ -59,7 +87,11 @@ from ..download import DownloadError, allowed, fetch
 from ..errors import UserError
 
 BUCKET = "https://storage.googleapis.com/vit_models/"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models: vitkit/weights/<name>/
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # shipped models: vitkit/weights/<name>.v<N>/
+MANIFEST = "MANIFEST.json"  # WEIGHTS_DIR/MANIFEST.json: aliases, sizes and sha256 of shipped files, retired versions
+RECORDED = ("model.safetensors", "config.json", "MODEL_CARD.md")  # the files of a shipped folder the manifest lists
+CHECKED = ("model.safetensors", "config.json")  # the ones load() reads: checked before it does
+VERSIONED = re.compile(r"^(?P<base>.+)\.v(?P<n>[1-9][0-9]*)$")  # "<name>.v<N>"
 URL_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin")  # single-file formats vitkit reads
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")  # a checkpoint folder (vitkit, Hugging Face) packed in one file
 IMAGENET21K_CLASSES, IMAGENET_CLASSES = 21843, 1000
@@ -80,6 +112,9 @@ class Pretrained:
     sha256: Optional[str] = None
     size: Optional[int] = None  # bytes, where known
     path: Optional[Path] = None  # shipped ones: the folder inside the package
+    files: Optional[dict] = None  # shipped ones: file name -> {"size", "sha256"}, from the manifest (None: unrecorded)
+    aliases: tuple = ()  # the bare names that point at this version now
+    retired: Optional[dict] = None  # a version no longer shipped: its manifest record (commit, path, ...)
 
     @property
     def shipped(self) -> bool:
@@ -91,6 +126,8 @@ class Pretrained:
 
         from ..model import ViT, create_model
 
+        if self.retired is not None:
+            return int(self.retired["params"])
         with torch.device("meta"):
             if self.path is not None:
                 from ..config import ViTConfig
@@ -102,7 +139,19 @@ class Pretrained:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(shipped=self.shipped, params=self.params(), path=str(self.path) if self.path else None)
+        d.update(shipped=self.shipped, params=self.params(), path=str(self.path) if self.path else None,
+                 aliases=list(self.aliases))
+        if self.shipped:
+            d["integrity"] = ("size and sha256 of every file recorded in vitkit/weights/MANIFEST.json; "
+                              "model.safetensors and config.json checked on load" if self.files else
+                              "not recorded in vitkit/weights/MANIFEST.json: loading it is refused")
+        elif self.retired is not None:
+            d["integrity"] = "retired: no longer shipped; the sha256 is what it had"
+        elif self.sha256 is None:
+            d["integrity"] = ("no sha256 is published for this file; a download is checked against the length "
+                              "the server announces")
+            if self.url and self.url.startswith(BUCKET):  # tests/test_hub.py: the listed sizes agree with this
+                d["approx_size"] = 4 * d["params"]
         return d
 
 
@@ -170,25 +219,137 @@ def official() -> list[Pretrained]:
     return out
 
 
+def manifest(weights_dir: Optional[Path] = None) -> dict:
+    """WEIGHTS_DIR/MANIFEST.json (format in the module docstring); without one, nothing is recorded."""
+    path = (weights_dir or WEIGHTS_DIR) / MANIFEST
+    m = _read_json(path) if path.is_file() else {}
+    return {"format": "vitkit-weights-manifest", "version": 1,
+            **{k: m.get(k) or {} for k in ("aliases", "shipped", "retired")}}
+
+
 def shipped() -> list[Pretrained]:
-    """The models inside the installed package: every WEIGHTS_DIR/<name>/ holding model.safetensors + config.json."""
+    """The models inside the installed package: every WEIGHTS_DIR/<name>/ holding model.safetensors + config.json,
+    with the sizes and sha256 its manifest records (None where it records none; loading that one is refused)."""
     out = []
     if not WEIGHTS_DIR.is_dir():
         return out
+    man = manifest()
     for d in sorted(WEIGHTS_DIR.iterdir()):
-        if not (d.is_dir() and (d / "model.safetensors").is_file() and (d / "config.json").is_file()):
-            continue
+        if d.name.startswith(".") or not (d.is_dir() and (d / "model.safetensors").is_file()
+                                          and (d / "config.json").is_file()):
+            continue  # a hidden folder is one being written (scripts/ship_weights.py)
         meta = _read_json(d / "config.json")
         model = meta.get("model", {})
+        files = man["shipped"].get(d.name)
+        weights = (files or {}).get("model.safetensors") or {}
         out.append(Pretrained(d.name, model.get("name") or "ViT", meta.get("dataset"), model.get("image_size", 224),
                               model.get("num_classes", len(meta.get("class_names", []))),
-                              model.get("representation_size"), top1=meta.get("top1"), path=d))
+                              model.get("representation_size"), top1=meta.get("top1"), path=d, files=files,
+                              sha256=weights.get("sha256"), size=weights.get("size"),
+                              aliases=tuple(sorted(a for a, t in man["aliases"].items() if t == d.name))))
     return out
 
 
+def retired() -> list[Pretrained]:
+    """Released versions no longer in the package, from the manifest: known by name, refused when asked for."""
+    out = []
+    for name, r in sorted(manifest()["retired"].items()):
+        w = r["model.safetensors"]
+        out.append(Pretrained(name, r["variant"], r.get("dataset"), r["image_size"], r["num_classes"],
+                              top1=r.get("top1"), sha256=w["sha256"], size=w["size"], retired=r))
+    return out
+
+
+def aliases() -> dict[str, str]:
+    """bare name -> the versioned name it points at now (an alias may move to newer weights; a version never)."""
+    return dict(sorted(manifest()["aliases"].items()))
+
+
 def registry() -> dict[str, Pretrained]:
-    """Every pre-trained model vitkit knows, by name: the shipped ones first, then the official downloads."""
-    return {p.name: p for p in shipped() + official()}
+    """Every pre-trained model vitkit knows, by its exact (versioned) name: the shipped ones first, then the
+    official downloads, then the retired versions. Aliases are not keys: `lookup` resolves them."""
+    return {p.name: p for p in shipped() + official() + retired()}
+
+
+def retired_message(entry: Pretrained) -> str:
+    r = entry.retired
+    w = r["model.safetensors"]
+    top1 = f"{entry.top1:.2f} % {entry.dataset} top-1 " if entry.top1 is not None else ""
+    copy = f"; a copy is {r['copy']} in the repository" if r.get("copy") else ""
+    return (f"{entry.name} is no longer shipped: it was the {entry.variant} {top1}model (model.safetensors, "
+            f"{w['size']:,} bytes, sha256 {w['sha256']}), replaced by {r['replaced_by']} in commit "
+            f"{r['replaced_in'][:12]}; git commit {r['commit'][:12]} holds it ({r['path']}/){copy}")
+
+
+def exact_weights(spec) -> Optional[dict]:
+    """For a result row: {"weights": versioned name, "sha256": of its model.safetensors} when `spec` is a shipped
+    name or alias (not an existing local path), else None. Record this, not the alias, which may move."""
+    if spec is None or is_url(spec) or _exists_locally(Path(str(spec))):
+        return None
+    entry = lookup(str(spec))
+    if entry is None or not entry.shipped:
+        return None
+    return {"weights": entry.name, "sha256": entry.sha256}
+
+
+def file_record(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def folder_record(folder: Path) -> dict:
+    """{file name: {"size", "sha256"}} of the RECORDED files a shipped folder has (MODEL_CARD.md optional)."""
+    return {f: file_record(folder / f) for f in RECORDED if (folder / f).is_file()}
+
+
+def write_manifest(man: dict, weights_dir: Optional[Path] = None) -> Path:
+    """Write the manifest atomically (a temporary sibling renamed into place), keys sorted, one file per line."""
+    from ..flags import partial_file
+
+    out = (weights_dir or WEIGHTS_DIR) / MANIFEST
+    tmp = partial_file(out)
+    try:
+        tmp.write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+# -- checking shipped files against the manifest ------------------------------------------------------------------
+_VERIFIED: set = set()  # (path, size, mtime_ns, inode, recorded sha256) of files that matched, in this process
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(entry: Pretrained) -> None:
+    """Refuse a shipped folder whose model.safetensors or config.json is not the size and sha256 the manifest
+    records (one line: the file, both sizes and both hashes), or that the manifest does not record. A file that
+    matched once is not hashed again in this process unless its size, mtime or inode changed."""
+    where = entry.path.parent / MANIFEST
+    if not entry.files:
+        raise UserError(f"{entry.path}: {entry.name} is not recorded in {where} (no size or sha256 to check it "
+                        f"against; scripts/ship_weights.py records the versions it ships); refusing to load it")
+    for name in CHECKED:
+        rec, p = entry.files.get(name), entry.path / name
+        if rec is None:
+            raise UserError(f"{p}: {where} records no size or sha256 for it; refusing to load {entry.name}")
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino, rec["sha256"])
+        if key in _VERIFIED:
+            continue
+        actual = sha256_file(p)
+        if st.st_size != rec["size"] or actual != rec["sha256"]:
+            raise UserError(f"{p}: sha256 {actual} ({st.st_size:,} bytes), but {where} records sha256 "
+                            f"{rec['sha256']} ({rec['size']:,} bytes) for {entry.name}; a released version never "
+                            f"changes, so this file was altered or damaged (reinstall vitkit); refusing to load it")
+        _VERIFIED.add(key)
 
 
 def _read_json(path: Path) -> dict:
@@ -196,6 +357,123 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is not readable JSON ({e})") from None
+
+
+# -- model cards, rendered from a shipped folder's own config.json ------------------------------------------------
+def _curve(evals: list) -> str:
+    return ", ".join(f"{r['epoch']:g}: {100 * r['top1']:.1f} %" for r in evals)
+
+
+def _architecture(cfg) -> str:
+    if cfg.resnet:  # the paper's hybrid (section 3.1): the Transformer reads patches of a ResNet's feature map
+        stages = cfg.resnet.get("layers") or []
+        units = "unit" if stages == [1] else "units per stage"
+        stem = "root block only" if not stages else f"root block + {'/'.join(map(str, stages))} bottleneck {units}"
+        return (f"hybrid: a BiT-style ResNet stem ({stem}, stride {cfg.stem_stride // cfg.patch_size}) whose feature "
+                f"map is cut into {cfg.patch_size}x{cfg.patch_size} patches, one token per "
+                f"{cfg.stem_stride}x{cfg.stem_stride} pixels, then a ViT of {cfg.depth} blocks, width "
+                f"{cfg.hidden_size}, {cfg.num_heads} heads")
+    return (f"ViT: {cfg.depth} blocks, width {cfg.hidden_size}, {cfg.num_heads} heads, "
+            f"{cfg.patch_size}x{cfg.patch_size} patches")
+
+
+def model_card(folder: Path, name: Optional[str] = None) -> str:
+    """MODEL_CARD.md of a shipped folder, rendered from its config.json alone (architecture, "dataset", "top1" and
+    the "card" entry that scripts/ship_weights.py writes from the run's record) and its model.safetensors' size and
+    sha256. A card is never edited by hand: tests/test_weights_versions.py compares each committed one with this.
+
+    The "card" entry: summary, evaluated_on, hardware, torch, precision, seed, time_note, data (prose: the data set
+    and its licence), notes (a list of {"title", "text"} sections), run (the run folder), first_run (two cycles),
+    and cycles: one or two of {init, epochs, steps, image_size, evals: [{"epoch", "top1" (a fraction)}], top5
+    (fraction, of the last evaluation), seconds (summed step times), machine, recipe, command}."""
+    from ..config import ViTConfig
+
+    folder = Path(folder)
+    name = name or folder.name
+    m = VERSIONED.match(name)
+    base = m.group("base") if m else name
+    meta = _read_json(folder / "config.json")
+    c = meta.get("card")
+    if not isinstance(c, dict) or not c.get("cycles"):
+        raise UserError(f"{folder / 'config.json'} has no \"card\" entry with the training record (cycles); "
+                        "scripts/ship_weights.py writes one")
+    cfg = ViTConfig.from_dict(meta["model"])
+    entry = Pretrained(name, cfg.name or "ViT", meta.get("dataset"), cfg.image_size, cfg.num_classes, path=folder)
+    dataset, cycles = meta.get("dataset"), c["cycles"]
+    last, first = cycles[-1], cycles[0]
+    seconds = sum(float(k["seconds"]) for k in cycles)
+    hours = [f"{float(k['seconds']) / 3600:.2f} h" for k in cycles]
+    machines = [k.get("machine") or "unknown CPU" for k in cycles]
+    where = machines[-1]
+    if len(cycles) == 1:
+        after = f"{last['steps']:,} optimizer steps ({last['epochs']:g} epochs)"
+        curves, recipe = _curve(last["evals"]), last["recipe"]
+        reproduce = [last["command"], f"python scripts/ship_weights.py {c['run']} {base}"]
+    else:
+        if machines[0] != machines[-1]:
+            where = f"first cycle {hours[0]} on {machines[0]}, second {hours[1]} on {machines[1]}"
+        after = (f"{first['steps']:,} + {last['steps']:,} optimizer steps ({first['epochs']:g} + {last['epochs']:g} "
+                 "epochs, two cycles)")
+        if first["image_size"] != last["image_size"]:  # section 3.2: fine-tune at a higher resolution
+            kind = (f"Pre-training at {first['image_size']} px, then fine-tuning at {last['image_size']} px on the same "
+                    f"data (section 3.2 of the paper: the images resized to {last['image_size']} px, so more and "
+                    "smaller patches; the position embeddings 2D-interpolated to the larger grid)")
+        else:
+            kind = "Two cosine cycles (a warm restart)"
+        recipe = (f"{kind}. First cycle, {first['epochs']:g} epochs from {first['init']} "
+                  f"({100 * first['evals'][-1]['top1']:.2f} % at its end): {first['recipe']}.\n\n"
+                  f"Second cycle, {last['epochs']:g} epochs from the first cycle's weights, with a fresh optimizer: "
+                  f"{last['recipe']}.")
+        curves = f"first cycle {_curve(first['evals'])}; second cycle {_curve(last['evals'])}"
+        reproduce = [first["command"], last["command"],
+                     f"python scripts/ship_weights.py {c['run']} {base} --first {c['first_run']}"]
+    size, sha = (folder / "model.safetensors").stat().st_size, sha256_file(folder / "model.safetensors")
+    notes = "".join(f"## {n['title']}\n{n['text']}\n\n" for n in c.get("notes") or [])
+    top5 = f" (top-5 {100 * last['top5']:.2f} %)" if last.get("top5") is not None else ""
+    time_note = f", {c['time_note']}" if c.get("time_note") else ""
+    lines = "\n".join(f"    {r}" for r in reproduce)
+    return f"""# {name}
+
+A {cfg.name} ({_architecture(cfg)}, {entry.params():,} parameters) trained from {first['init']} on {dataset} at \
+{cfg.image_size} px: {c['summary']}.
+
+    import vitkit
+    m = vitkit.load("{name}")
+    vitkit train --init {name} --dataset imagefolder:PATH      # fine-tune (recipe finetune)
+    vitkit fewshot {name} --dataset imagefolder:PATH --shots 5,10
+
+`{name}` names these weights and nothing else, ever. `{base}` is an alias of the recommended version of this \
+model: it may move to newer weights (`vitkit models --pretrained` shows where it points), so results should name \
+the version.
+
+## Weights
+model.safetensors: {size:,} bytes, sha256 `{sha}`. vitkit/weights/MANIFEST.json records its size and sha256 (and \
+config.json's); loading the name checks them and refuses a file that differs.
+
+## Result
+- **{dataset} validation top-1 {meta['top1']:.2f} %**{top5} on {c['evaluated_on']}, after {after}, evaluated once \
+at the end of each epoch; the last one is shipped (no early stopping on the validation split).
+- Top-1 by epoch: {curves}.
+- Training time: {seconds / 3600:.2f} h of summed step times (evaluations and data loading before the first step not \
+counted) on {c['hardware']} ({where}, torch {c['torch']}, {c['precision']}){time_note}, so the time is an upper bound \
+for an idle machine.
+
+{notes}## Data
+{c['data']}
+
+## Recipe
+{recipe}
+
+(see `vitkit train --help`; the pad-crop is a shift of up to 1/8 of the image, RandAugment is N ops at magnitude M.)
+
+## Reproduce
+{lines}
+
+The run is seeded (seed {c['seed']}: initialisation, data order, augmentation) and resumable exactly: an \
+interrupted run continued with `--resume` gives the same weights as an uninterrupted one (tests/test_resume.py). \
+A second run on another machine or torch build gives the same top-1 within run-to-run noise, not the same bits: \
+shipped, it would be a new version.
+"""
 
 
 # -- resolving a checkpoint argument ------------------------------------------------------------------------------
@@ -207,14 +485,29 @@ def _exists_locally(p: Path) -> bool:  # the checkpoint, or the previous one an 
     return p.exists() or p.with_name(f".{p.name}.old").exists()
 
 
-def lookup(name: str) -> Optional[Pretrained]:
-    """The registry entry of `name` (exact, else case-insensitive), or an unlisted AugReg file "augreg/<file>"."""
+def _known() -> dict[str, Pretrained]:
+    """Every name -> its entry: the registry's exact names, and each alias -> the version it points at."""
     reg = registry()
+    known = dict(reg)
+    for alias, target in aliases().items():
+        if target in reg and reg[target].shipped:
+            known.setdefault(alias, reg[target])
+    return known
+
+
+def lookup(name: str) -> Optional[Pretrained]:
+    """The registry entry of `name` (exact, else case-insensitive; an alias gives the version it points at; a
+    retired version gives its record, which `resolve` refuses), or an unlisted AugReg file "augreg/<file>"."""
+    reg = _known()
     if name in reg:
         return reg[name]
     folded = {k.lower(): v for k, v in reg.items()}
     if name.lower() in folded:
         return folded[name.lower()]
+    target = {k.lower(): v for k, v in aliases().items()}.get(name.lower())
+    if target is not None:  # an alias whose version is not in this installation: not silently another one
+        raise UserError(f"{name} is an alias of {target}, which this installation does not ship "
+                        f"({WEIGHTS_DIR / MANIFEST}; reinstall vitkit)")
     if name.startswith("augreg/"):
         m = _AUGREG_FILE.match(name[len("augreg/"):])
         if m and m.group("model") in _AUGREG_VARIANT:
@@ -226,7 +519,8 @@ def lookup(name: str) -> Optional[Pretrained]:
 
 def resolve(spec, progress: Optional[bool] = None) -> Path:
     """A checkpoint argument -> a local path. An existing path is returned as it is; an http(s) URL or a
-    pre-trained name is downloaded into the cache unless it is there already (a shipped name is a package folder).
+    pre-trained name is downloaded into the cache unless it is there already (a shipped name or alias is a package
+    folder, checked against the manifest first; a retired version is refused, saying what it was).
     Anything else is refused in one line, with the nearest names."""
     if is_url(spec):
         return unpack(download(str(spec), progress=progress))
@@ -237,11 +531,14 @@ def resolve(spec, progress: Optional[bool] = None) -> Path:
     if entry is None:
         import difflib
 
-        near = difflib.get_close_matches(str(spec), list(registry()), n=3, cutoff=0.75)
+        near = difflib.get_close_matches(str(spec), list(_known()), n=3, cutoff=0.75)
         raise UserError(f"checkpoint {spec} does not exist, and it is not a pre-trained name or an http(s) URL"
                         + (f"; did you mean {', '.join(near)}?" if near else "")
                         + " (vitkit models --pretrained lists the names)")
+    if entry.retired is not None:
+        raise UserError(retired_message(entry))
     if entry.path is not None:
+        verify(entry)
         return entry.path
     return download(entry.url, sha256=entry.sha256, size=entry.size, progress=progress)
 
