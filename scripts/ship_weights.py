@@ -132,7 +132,8 @@ def card_entry(run: Path, steps: list, evals: list, settings: dict, command: str
                first: dict | None = None, first_run=None, segments: list | None = None,
                extra: dict | None = None) -> dict:
     evaluated_on, data = DATASETS.get(dataset, (
-        "its validation split", f"`vitkit train --dataset {dataset}`; the data set's licence applies to these weights."))
+        "its validation split",
+        f"`vitkit train --dataset {dataset}`; the data set's licence applies to these weights."))
     second = cycle(steps, evals, settings, command, image_size,
                    init="the first cycle's weights" if first else "a random initialisation")
     entry = {"summary": SUMMARY, "evaluated_on": evaluated_on, "hardware": "2 CPU cores",

@@ -150,7 +150,8 @@ def test_a_run_resumed_in_another_precision_says_which_steps_ran_how(tmp_path, m
     mod = _script(tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(run), "Tiny-mixed", "--command", "x.sh"])
     assert mod.main() == 0
-    assert "fp32, then bf16 autocast from step 2)" in (tmp_path / "weights" / "Tiny-mixed.v1" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "weights" / "Tiny-mixed.v1" / "MODEL_CARD.md").read_text()
+    assert "fp32, then bf16 autocast from step 2)" in card
     # one precision throughout (resumed or not), or a run saved before segments were recorded: one word
     assert mod.precision_text({"precision": "bf16"}, None) == "bf16 autocast"
     assert mod.precision_text({"precision": "fp32"}, [{"from_step": 0, "precision": "fp32"},

@@ -77,9 +77,10 @@ def pretrained_table(rows: list[dict], width: int = TABLE_WIDTH, aliases: dict |
         lines += [f"  {a:<{aw}}-> {t}" for a, t in aliases.items()]
         lines.append("")
     lines += ["(top-1: validation accuracy in % on the last dataset in the dataset column; downloads: as published;",
-              "(shipped: measured by vitkit); any name above works wherever a checkpoint path does, except a retired one)",
+              "(shipped: measured by vitkit); any name above works wherever a checkpoint path does, but a retired one",
               "(source: shipped = inside the package; download = fetched into the cache on first use; --json: URLs;",
-              "(retired = a version no longer shipped: asking for it says what it was and which git commit holds it)",
+              "(retired = no longer shipped: asking for it is refused, saying what it was and which git commit "
+              "holds it)",
               "(shipped files: size + sha256 in --json, checked on load; downloads: no sha256 is published by Google)"]
     return lines
 

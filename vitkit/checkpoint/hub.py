@@ -52,9 +52,10 @@ commit holds it -- never mapped to another version. All of this is one file, vit
 Loading a shipped name (or its alias) first checks model.safetensors and config.json against their recorded size
 and sha256 (`verify`) and refuses a mismatch in one line naming the file and both hashes; a folder the manifest does
 not record is refused too. The result is remembered per process, keyed by the file's path, size, mtime and inode,
-so repeated loads hash once (hashing the 11 MB safetensors file takes about 10 ms on one CPU core). tests/
-test_weights_versions.py keeps a frozen list of every released (versioned name, sha256): a released version still
-in the package must have exactly that hash, and no released name may disappear from the manifest.
+so repeated loads hash once. Measured on a 2-core Intel Xeon at 2.80 GHz: hashing one shipped 11 MB safetensors
+file takes about 11 ms (about 1 GB/s), a repeated check 0.03 ms, a whole `vitkit.load` of that model about 70 ms.
+tests/test_weights_versions.py keeps a frozen list of every released (versioned name, sha256): a released version
+still in the package must have exactly that hash, and no released name may disappear from the manifest.
 
 Model cards are generated, not edited: `model_card(folder)` renders MODEL_CARD.md from the folder's config.json
 (its architecture, "dataset", "top1", and the "card" entry: the training record -- cycles with their evaluation
@@ -415,8 +416,8 @@ def model_card(folder: Path, name: Optional[str] = None) -> str:
         after = (f"{first['steps']:,} + {last['steps']:,} optimizer steps ({first['epochs']:g} + {last['epochs']:g} "
                  "epochs, two cycles)")
         if first["image_size"] != last["image_size"]:  # section 3.2: fine-tune at a higher resolution
-            kind = (f"Pre-training at {first['image_size']} px, then fine-tuning at {last['image_size']} px on the same "
-                    f"data (section 3.2 of the paper: the images resized to {last['image_size']} px, so more and "
+            kind = (f"Pre-training at {first['image_size']} px, then fine-tuning at {last['image_size']} px on the "
+                    f"same data (section 3.2 of the paper: the images resized to {last['image_size']} px, so more and "
                     "smaller patches; the position embeddings 2D-interpolated to the larger grid)")
         else:
             kind = "Two cosine cycles (a warm restart)"
