@@ -227,6 +227,21 @@ def test_shipped_models_are_found_by_scanning_the_package_folder(tmp_path, monke
     assert same_weights(vitkit.load("vit-tiny-fmnist.v1").model, model)
 
 
+def test_an_alias_whose_version_is_not_installed_is_refused_not_mapped_to_another(tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    make_shipped(weights)  # vit-tiny-fmnist.v1, alias vit-tiny-fmnist
+    man = hub.manifest(weights)
+    man["aliases"]["vit-tiny-fmnist"] = "vit-tiny-fmnist.v2"  # moved to a version this installation lacks
+    hub.write_manifest(man, weights)
+    with pytest.raises(UserError, match=r"vit-tiny-fmnist is an alias of vit-tiny-fmnist\.v2, which this "
+                                        r"installation does not ship"):
+        vitkit.load("vit-tiny-fmnist")
+    assert hub.lookup("vit-tiny-fmnist.v1").name == "vit-tiny-fmnist.v1"  # the versions it has still load
+    assert hub.lookup("imagenet21k/ViT-B_16") is not None and hub.exact_weights("vit-tiny-fmnist.v1") == {
+        "weights": "vit-tiny-fmnist.v1", "sha256": man["shipped"]["vit-tiny-fmnist.v1"]["model.safetensors"]["sha256"]}
+
+
 def test_a_shipped_name_works_wherever_a_checkpoint_path_does(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
