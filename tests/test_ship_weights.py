@@ -148,10 +148,17 @@ def test_a_run_resumed_in_another_precision_says_which_steps_ran_how(tmp_path, m
     assert cli.main([*common, "--steps", "2"]) == 0
     assert cli.main([*common, "--steps", "4", "--resume", "--precision", "bf16"]) == 0
     mod = _script(tmp_path, monkeypatch)
-    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(run), "Tiny-mixed", "--command", "x.sh"])
+    extra = tmp_path / "card.json"  # the card's prose comes from config.json, given once when shipping
+    extra.write_text(json.dumps({"notes": [{"title": "Caveats", "text": "Trained on 128 images."}],
+                                 "data": "Synthetic images; no licence restriction."}))
+    monkeypatch.setattr(sys, "argv", ["ship_weights.py", str(run), "Tiny-mixed", "--command", "x.sh",
+                                      "--card-json", str(extra)])
     assert mod.main() == 0
     card = (tmp_path / "weights" / "Tiny-mixed.v1" / "MODEL_CARD.md").read_text()
     assert "fp32, then bf16 autocast from step 2)" in card
+    assert "\n## Caveats\nTrained on 128 images.\n\n## Data\nSynthetic images; no licence restriction.\n" in card
+    meta = json.loads((tmp_path / "weights" / "Tiny-mixed.v1" / "config.json").read_text())
+    assert meta["card"]["notes"][0]["title"] == "Caveats" and meta["card"]["cycles"][0]["steps"] == 4
     # one precision throughout (resumed or not), or a run saved before segments were recorded: one word
     assert mod.precision_text({"precision": "bf16"}, None) == "bf16 autocast"
     assert mod.precision_text({"precision": "fp32"}, [{"from_step": 0, "precision": "fp32"},
