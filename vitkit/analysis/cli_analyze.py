@@ -83,7 +83,9 @@ def run(args) -> int:
         raise UserError(f"{args.checkpoint}: {cfg.name or 'the model'} has no Transformer blocks (a BiT ResNet?), so "
                         f"it has no attention or position embeddings to analyse")
     has_cls, grid, ppt = cfg.classifier == "token", cfg.grid_size, cfg.stem_stride
-    report = {"checkpoint": str(args.checkpoint), "format": loaded.source,
+    from ..checkpoint.hub import exact_weights
+
+    report = {"checkpoint": str(args.checkpoint), "weights": exact_weights(args.checkpoint), "format": loaded.source,
               "model": {"name": cfg.name, "image_size": cfg.image_size, "patch_size": cfg.patch_size,
                         "pixels_per_token": ppt, "grid": grid, "depth": cfg.depth, "heads": cfg.num_heads,
                         "hidden_size": cfg.hidden_size, "classifier": cfg.classifier, "pos_embed": cfg.pos_embed},

@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     r = evaluate(loaded, ds, batch_size=args.batch_size, precision=args.precision, indices=torch.arange(n),
                  device=device, num_workers=args.workers, tta=args.tta)
     r["per_class"] = {name: r["per_class"].get(loaded.class_names[i]) for i, name in enumerate(ds.class_names)}
+    from ..checkpoint.hub import exact_weights
+
     r.update(dataset=args.dataset, split=args.split, checkpoint=str(args.checkpoint), tta=args.tta,
-             time_s=round(time.perf_counter() - t0, 2))
+             time_s=round(time.perf_counter() - t0, 2), weights=exact_weights(args.checkpoint))
     if args.json:
         print(json.dumps(r))
         return 0

@@ -33,6 +33,7 @@ def add_arguments(p):
 @torch.no_grad()  # inference only; scoped to the call, so nothing leaks to the caller
 def run(args) -> int:
     from ..checkpoint import load
+    from ..checkpoint.hub import exact_weights
     from ..flags import check_writable
     from .features import extract_features, features_path, load_split, save_features
 
@@ -42,7 +43,7 @@ def run(args) -> int:
     images, labels, names = load_split(args.dataset, args.split, model, args.data_dir, args.sample, args.seed)
     feats = extract_features(model, images, args.batch_size)
     files = save_features(args.out, feats, labels, {
-        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split, "sample": args.sample,
+        "checkpoint": str(args.checkpoint), "weights": exact_weights(args.checkpoint), "dataset": args.dataset, "split": args.split, "sample": args.sample,
         "seed": args.seed, "representation": "pre-logits (forward_pre_logits of the final tokens)",
         "class_names": names})
     print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {files['features']} (labels: {files['labels']}, "

@@ -141,7 +141,9 @@ def run(args) -> int:
         base["linear_probe_logreg"] = linear_probe(xtr, ytr, xte, yte, "logreg")
     if "knn" in baselines:
         base["knn"] = knn_eval(xtr, ytr, xte, yte, knn_ks)
-    report = {"source": source, "dataset": args.dataset, "feature_dim": int(xtr.shape[1]),
+    from ..checkpoint.hub import exact_weights
+
+    report = {"source": source, "weights": exact_weights(args.checkpoint), "dataset": args.dataset, "feature_dim": int(xtr.shape[1]),
               "train_size": int(len(xtr)), "test_size": int(len(xte)), "fewshot": res, "baselines": base,
               "seconds": {"features": round(t_feat, 2), "total": round(time.perf_counter() - t0, 2)}}
     print(f"few-shot linear evaluation (closed-form ridge to {{-1,1}}^K, regulariser chosen on {res['val_size']} "
