@@ -8,7 +8,8 @@
 # Seeded and resumable: run it again after an interruption and it continues exactly where the last checkpoint was
 # (every 200 steps). DATA defaults to ../shared/data (the folder holding tiny-imagenet-200/ or the official zip).
 # What it reached and what it cost: the model cards in vitkit/weights/*/MODEL_CARD.md (scripts/ship_weights.py
-# writes them from the finished runs). The shipped hybrid, vitkit/weights/R+ViT-Mini_8-tiny-imagenet/, is
+# writes them from the finished runs). The first shipped hybrid, R+ViT-Mini_8-tiny-imagenet.v1 (retired; a copy is
+# benchmarks/teachers/R+ViT-Mini_8-30ep/), is
 #   benchmarks/pretrain_tiny_imagenet.sh runs/tin-rvit-mini8-64 --model R+ViT-Mini/8
 # and, when its card says two cycles, then
 #   FIRST=runs/tin-rvit-mini8-64 benchmarks/pretrain_tiny_imagenet.sh runs/tin-rvit-restart
