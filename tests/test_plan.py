@@ -165,31 +165,39 @@ def test_checkpoint_facts_tell_a_transformer_from_a_resnet_without_loading(tmp_p
     assert checkpoint_facts(tmp_path / "nothing-here.npz") == (None, None)
 
 
-def test_time_budget_halves_the_batch_then_cuts_the_steps():
-    """At 10 ms per image, 1200 steps of 128 are 1,536 s: over a 360 s budget the batch goes to 32 (384 s, still
-    over), then the steps to 1,125 (360 s). A run that fits is not touched; the steps never go below a quarter of
-    the minimum; a given batch is kept."""
+def test_time_budget_cuts_the_steps_in_proportion_on_a_grid():
+    """1200 steps of 128 at 3 ms per image are 461 s: 1.219x the 360 s budget with its 5 % tolerance (378 s), so
+    the steps go down the grid 1200 * 2^(-k/8) to the first line that fits, k = ceil(8 log2 1.219) = 3:
+    1200 * 0.7711 = 925 -> 920 (two significant figures), the batch kept. A run that fits is not touched; where
+    the steps would fall below a quarter of the minimum (300) the batch is cut in proportion instead; a given batch
+    is kept."""
     facts = DataFacts(n_train=10200, num_classes=102, grey=False, median_side=375)
     free, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts)
     assert "batch_size" not in free and free["steps"] == MIN_STEPS  # the recipe's 128
     fits, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1e-3, budget_s=360)
     assert fits == free  # 154 s: nothing to change
-    changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.01, budget_s=360)
-    assert changes["batch_size"] == BUDGET_MIN_BATCH == 32 and changes["steps"] == 1125
-    assert changes["eval_every"] == 1125 // 4
-    assert any("to fit --time-budget 6 min (1200 steps of 128 would take ~26 min" in w for w in why)
-    assert any(w.startswith("1125 steps of 32 (3.5 epochs)") for w in why)  # a short run's epochs to one decimal
-    assert not any(w.startswith("batch ") for w in why)  # the replaced reason is gone: one reason per change
-    slow, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1.0, budget_s=360)
-    assert slow["steps"] == MIN_STEPS // 4 and slow["batch_size"] == 32
+    within, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=2.4e-3, budget_s=360)
+    assert within == free  # 369 s: 2.4 % over, inside the tolerance
+    changes, why = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=3e-3, budget_s=360)
+    assert "batch_size" not in changes and changes["steps"] == 920 and 920 * 128 * 3e-3 <= 378
+    assert changes["eval_every"] == 920 // 4
+    assert any("fitted to --time-budget 6 min (1200 steps of 128 would take ~7.7 min" in w for w in why)
+    assert any("--time-budget 0 runs them" in w for w in why)
+    assert any(w.startswith("920 steps of 128") for w in why)
+    # 10 ms per image: 1536 s; the grid gives 270 < 300 steps, so 300 steps and the batch cut in proportion:
+    # 300 * 128 * 0.01 = 384 s is 1.016x of 378 -> 128 / 1.016 = 126 -> 120 (a multiple of 8)
+    slow, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.01, budget_s=360)
+    assert slow["steps"] == MIN_STEPS // 4 == 300 and slow["batch_size"] == 120
+    slower, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1.0, budget_s=360)
+    assert slower["steps"] == 300 and slower["batch_size"] == BUDGET_MIN_BATCH == 32
     given, _ = plan({"batch_size"}, recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.005,
                     budget_s=360)
-    assert "batch_size" not in given and given["steps"] == int(360 / (128 * 0.005)) == 562
-    # fine-tuning a large folder: the recipe's epochs are the default length, and the budget applies to it too
-    ft, _ = plan(set(), recipe_batch=128, recipe_epochs=10, facts=facts, fine_tuning=True, seconds_per_image=0.01,
-                 budget_s=360)
-    assert ft["batch_size"] == 32 and ft["steps"] == 790 and 790 * 32 * 0.01 <= 360
-    assert fit_budget(790, 128, 0.01, 360, 150) == (790, 32)
+    # 768 s is 2.03x of 378: k = ceil(8 * 1.023) = 9, 1200 * 2^(-9/8) = 550.3 -> 550
+    assert "batch_size" not in given and given["steps"] == 550
+    # 1011 s is 2.675x of 378: k = ceil(8 * 1.42) = 12, 790 * 2^(-12/8) = 279.3 -> 270, above the floor of 150
+    assert fit_budget(790, 128, 0.01, 360, 150) == (270, 128)
+    # with a floor of 300: 300 steps, 384 s is 1.016x -> 128 / 1.016 -> 120
+    assert fit_budget(790, 128, 0.01, 360, 300) == (300, 120)
 
 
 def test_the_budget_is_measured_on_this_machine_and_said(tmp_path):
@@ -204,6 +212,6 @@ def test_the_budget_is_measured_on_this_machine_and_said(tmp_path):
     s = TrainSettings(dataset=f"imagefolder:{root}", time_budget=0.001, precision="fp32")
     out = apply(s, {"dataset", "time_budget", "precision"}, get_recipe("default"), say=lines.append)
     assert out.steps == MIN_STEPS // 4 and out.batch_size == 8  # 80 images: an eighth is 10 -> 8 (below 32: kept)
-    assert "to fit --time-budget 0.001 min" in lines[0] and "ms per training image" in lines[0]
+    assert "fitted to --time-budget 0.001 min" in lines[0] and "ms per training image" in lines[0]
     off = apply(s.replace(time_budget=0), {"dataset", "time_budget", "precision"}, get_recipe("default"))
     assert off.steps == MIN_STEPS

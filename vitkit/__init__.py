@@ -5,6 +5,9 @@ Public API:
                                                             or the BiT ResNet baseline ("BiT-R50x1", "BiT-R26x1-S")
     load(path)                                           -> LoadedModel: .model (the ViT), .preprocess, .class_names
     save_checkpoint(path, model, preprocess, class_names)
+    train(dataset=..., steps=..., config=None, ...)       -> result dict: what `vitkit train --dataset ... --steps ...`
+                                                            runs (recipe < config file < keys given, then the plan
+                                                            for an image folder; vitkit/train/cli.py)
     ViT, ViTConfig, VARIANTS, BiT, BiTConfig, LoadedModel
 
 Importing vitkit changes nothing in the process (no environment variables, no warning hooks) and loads torch only
@@ -31,7 +34,7 @@ _API = {
     "LoadedModel": ("vitkit.runtime", "LoadedModel"),
 }
 
-__all__ = [*_API, "__version__"]
+__all__ = [*_API, "train", "__version__"]  # train: the package vitkit.train, callable (vitkit/train/__init__.py)
 
 
 def __getattr__(name: str):

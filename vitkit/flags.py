@@ -213,6 +213,30 @@ def check(settings) -> None:
                 raise UserError(f"--device: {e}") from None
 
 
+def value_problem(cls, name: str, value) -> Optional[str]:
+    """What is wrong with `value` as the typed value of flag field `name` of `cls` (read from a config file or
+    passed from Python rather than parsed from a flag's text), as "expected ..., got ..."; None where it is fine.
+    None is fine for a field whose default is None (not set). Lists stand for Pair values (TOML has no tuples)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        return "not a setting"
+    meta, shown = _meta(f), (",".join(map(str, value)) if isinstance(value, (tuple, list)) else repr(value))
+    if value is None:
+        return None if f.default is None else "expected a value, got nothing (None)"
+    base, kind, choices = _base_type(cls, f), _parser_type(cls, f), meta.get("choices")
+    if base is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {shown}"
+    if choices:
+        return None if value in choices else f"expected one of {', '.join(map(str, choices))}, got {shown}"
+    if isinstance(kind, (Number, Pair)):
+        return None if kind.ok(value) else f"expected {kind.describe()}, got {shown}"
+    if not isinstance(value, str):
+        return f"expected a string, got {shown}"
+    if kind is device and not _DEVICE.match(value):
+        return f"expected auto, cpu, cuda, cuda:N or mps, got {shown}"
+    return None
+
+
 def resumable(cls) -> set:
     """Fields of `cls` that may change when a run is resumed."""
     return {f.name for f in dataclasses.fields(cls) if _meta(f).get("resumable")}

@@ -3,6 +3,16 @@
     from vitkit.train.loop import TrainSettings, train
     result = train(TrainSettings(epochs=1, out="runs/x"))     # {"top1": ..., "checkpoint": "runs/x/checkpoint"}
 
+`train(TrainSettings)` trains exactly the settings given: no recipe, config file or plan is applied (a
+TrainSettings starts from the default recipe's values). `vitkit.train(dataset=..., ...)` (train/cli.py, `train`)
+is the Python form of the `vitkit train` command: recipe < config file < the keys given, then the plan for an image
+folder (plan.py), then this function.
+
+Where a run is. OUT/run.json holds the exact command that gives the run again on any machine
+(`TrainSettings.command()`: every planned value as a flag) and every setting as the run used it; the result dict
+(and so `vitkit train --json`) has the same "command". OUT/checkpoint holds the weights and the training state,
+OUT/best the best evaluation's weights, OUT/metrics.jsonl one record per step and evaluation.
+
 What a step is. The global batch of `batch_size` examples is the b-th slice of a permutation of the training set
 drawn from (seed, epoch); each of the N processes takes its contiguous 1/N of it and splits that into `accum`
 micro-batches (gradient accumulation), so the optimizer always sees the mean gradient of the same examples,
@@ -48,7 +58,7 @@ from .objectives import get_objective
 from .optim import build_optimizer, build_scheduler
 from .recipes import LONG, WHAT, Recipe
 
-CHECKPOINT, BEST, METRICS, TENSORBOARD = "checkpoint", "best", "metrics.jsonl", "tensorboard"
+CHECKPOINT, BEST, METRICS, TENSORBOARD, RUN_JSON = "checkpoint", "best", "metrics.jsonl", "tensorboard", "run.json"
 GELU = {"tanh": "tanh", "erf": "none"}  # --gelu -> ViTConfig.gelu_approximate (torch's `approximate` argument)
 EXEC, OUT = "execution", "output"
 
@@ -128,9 +138,49 @@ class TrainSettings(Recipe):
                 d[k] = tuple(d[k])
         return cls(**d)
 
+    def command(self) -> str:
+        """One `vitkit train` line that gives exactly these settings on any machine (`settings_from_args` of it
+        returns them): `--recipe NAME`, each setting that differs from that recipe's value, and, for an image folder,
+        each setting the plan chooses (plan.PLANNED: the length as --epochs and, where set, --steps; the batch, the
+        resolution, the model, ...) whatever its value, so that running it again plans nothing and times nothing.
+        --resume and --overwrite are left out (what to do with an earlier run, not what the run is); a setting
+        that is not set (None) is left out, except --clip-grad, written as 0 where the recipe clips. The run
+        directory's run.json and the `--json` summary carry it; a run's `precision` is the one `auto` resolved to."""
+        import shlex
+
+        from .plan import PLANNED
+        from .recipes import RECIPES
+
+        recipe = RECIPES.get(self.name) or RECIPES["default"]
+        pinned = set(PLANNED) if self.dataset.lower().startswith("imagefolder:") else set()
+        words = ["vitkit", "train", "--recipe", recipe.name]
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get("flag", {})
+            v = getattr(self, f.name)
+            if not meta.get("cli", True) or f.name in ("resume", "overwrite"):
+                continue
+            was = getattr(recipe, f.name, f.default)
+            if f.name not in pinned and v == was:
+                continue
+            if v is None:
+                if f.name == "clip_grad" and was is not None:
+                    words += [option(f.name), "0"]
+                continue
+            if isinstance(v, bool):
+                words.append(option(f.name) if v else "--no-" + f.name.replace("_", "-"))
+                continue
+            text = ",".join(map(_flag_text, v)) if isinstance(v, (tuple, list)) else _flag_text(v)
+            words += [option(f.name), shlex.quote(text)]
+        return " ".join(words)
+
     def run_dir(self) -> Path:
         """--out, or runs/<dataset> with ':' and '/' made '_' (imagefolder:/data/x -> runs/imagefolder__data_x)."""
         return Path(self.out) if self.out else Path("runs") / self.dataset.replace(":", "_").replace("/", "_")
+
+
+def _flag_text(v) -> str:
+    """A value as its flag's text, parsed back to the same value (repr of a float round-trips exactly)."""
+    return repr(float(v)) if isinstance(v, float) else str(v)
 
 
 class TrainingDiverged(UserError):
@@ -520,6 +570,8 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
                             f"--out, or replace it with --overwrite")
         if earlier:
             _remove_run(out)
+    if info.is_main:
+        write_run_json(out, s, resumed_at=None if saved is None else int(saved["step"]))
     D.barrier()
 
     segments = _segments(saved, s.precision, info.device.type)
@@ -528,6 +580,24 @@ def setup(s: TrainSettings, info: D.DistInfo) -> Run:
     if saved is not None:
         _check_teachers(s, saved, digests, info.is_main)
     return Run(s, info, out, saved, init_model, teachers, digests, segments)
+
+
+def write_run_json(out: Path, s: TrainSettings, resumed_at: Optional[int] = None) -> None:
+    """OUT/run.json: how to get this run again, on any machine: {"command": s.command(), "settings": every setting
+    as the run uses it, "vitkit": the version, "resumed_at": the step a resume continued from, or null}. Written
+    when the run starts (atomically; again on each resume, with the settings the resume runs with); it is part of
+    the run, so --overwrite replaces it with the new run's."""
+    from ..flags import partial_file
+    from ..version import __version__
+
+    record = {"command": s.command(), "settings": s.to_dict(), "vitkit": __version__, "resumed_at": resumed_at}
+    tmp = partial_file(out / RUN_JSON)
+    try:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, out / RUN_JSON)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out / RUN_JSON} ({e.strerror or e})") from None
 
 
 def _segments(saved: Optional[dict], precision: str, device: str) -> list:
@@ -943,4 +1013,5 @@ def result(run: Run, data: Data, plan: Plan, parts: Parts, progress: Progress) -
             "epochs": round(p.step / plan.steps_per_epoch, 3), "time_s": round(time.perf_counter() - run.t_start, 2),
             "img_per_s": round(p.train_images / p.train_time, 1) if p.train_time else None,
             "data_wait_frac": round(p.wait_time / p.train_time, 4) if p.train_time else None,
-            "world_size": plan.world, "objective": run.s.objective, "per_class": r["per_class"]}
+            "world_size": plan.world, "objective": run.s.objective, "command": run.s.command(),
+            "per_class": r["per_class"]}

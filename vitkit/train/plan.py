@@ -33,10 +33,20 @@ photos: 5 epochs of 300 images are 10 optimizer steps, and 28 px throws most of 
   and no stochastic depth;
 * time: the planned steps should fit `--time-budget` minutes on the machine at hand (default 6: with decoding and
   evaluations a default run stays under 10 minutes). Machines differ by 3x and more (a CPU without bf16
-  instructions, fewer cores), so before the run `apply` times two training steps of the planned model on random
-  images (`seconds_per_image`); where the plan would not fit, the batch is halved (down to `BUDGET_MIN_BATCH`),
-  then the steps are cut (to no fewer than a quarter of the minimum), and the first line says so with the
-  estimate. Given --steps, --epochs or --batch-size are never changed.
+  instructions, fewer cores), so before the run `apply` times training steps of the planned model on random images
+  (`seconds_per_image`: warm-up, then the median of up to five timed steps). The fit is proportional and stable
+  (`fit_budget`): a run estimated within `BUDGET_TOLERANCE` (5 %) over the budget is kept as planned; beyond
+  that the STEPS are cut in proportion to budget / estimate, on a grid of `BUDGET_GRID` steps per halving (each
+  9 % below the last, rounded down to two significant figures), keeping the batch; only where the steps would go
+  below a quarter of the minimum is the batch cut, in proportion too (to a multiple of 8, not below
+  `BUDGET_MIN_BATCH`). So a few percent of timing noise changes nothing, except where a measurement lands
+  within that noise of a grid line: then the two plans differ by one grid step, never by half; a 10 % slower step
+  gives about 10 % fewer steps of the same batch. The first line says the run was fitted, with the estimate, and
+  that `--time-budget 0` gives the unfitted run. Given --steps, --epochs or --batch-size are never changed.
+
+Every planned value can be repeated anywhere: the run directory's run.json and the `--json` summary carry the
+exact command (`TrainSettings.command()`, vitkit/train/loop.py), which gives each planned value as a flag, so that
+the plan has nothing left to choose and no step is timed when it runs again.
 
 `plan()` is a pure function of the given settings, the facts and the measured step cost, and returns the changes
 with one reason each;
@@ -51,6 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+# the settings plan() may choose (TrainSettings.command() always gives these as flags for an image folder, epochs
+# among them so that a repeated run's length is given and not fitted again)
+PLANNED = ("image_size", "model", "lr", "batch_size", "epochs", "steps", "eval_every", "flip", "crop",
+           "randaugment", "drop_path")
 MIN_STEPS = 1200  # optimizer steps for a small dataset, from scratch
 MIN_STEPS_FINETUNE = 600  # and fine-tuning a pre-trained model, which starts from features that already work
 EVALS = 4  # evaluations in a run of the minimum length (the last one at the end)
@@ -64,7 +78,10 @@ FINETUNE_RANDAUGMENT = (2, 9.0)  # N ops at magnitude M, fine-tuning on colour i
 FINETUNE_DROP_PATH = 0.2  # stochastic depth at the last block, fine-tuning a ViT or hybrid on colour images
 FINETUNE_STRONG_MAX_IMAGES = 2000  # the two above up to this many training images (gained at 100-1,000, lost at 5,000)
 FINETUNE_RANDAUGMENT_LARGE = (2, 5.0)  # above it: the pre-training augmentation, and no stochastic depth
-BUDGET_MIN_BATCH = 32  # the time budget halves a planned batch down to this, then cuts steps
+BUDGET_TOLERANCE = 0.05  # a run estimated up to this fraction over --time-budget is kept as planned
+BUDGET_GRID = 8  # fitted step counts per halving: each 2^(-1/8), 9 %, below the last
+TIMED_STEPS, TIMING_S = 5, 3.0  # seconds_per_image: the median of up to 5 timed steps, within about 3 s
+BUDGET_MIN_BATCH = 32  # a batch cut to fit the budget (steps at their floor) stays at or above this
 
 
 @dataclass(frozen=True)
@@ -114,18 +131,43 @@ def facts_of_folder(root, sample: int = 200, seed: int = 0, train_fraction: Opti
                      skipped=len(ds.skipped), left_out=usable - n)
 
 
+def _two_figures(x: float) -> int:
+    """`x` rounded down to two significant figures (1100.4 -> 1100, 925.2 -> 920, 87.6 -> 87)."""
+    if x < 10:
+        return int(x)
+    unit = 10 ** (int(math.floor(math.log10(x))) - 1)
+    return int(x // unit * unit)
+
+
 def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float, min_steps: int,
                batch_fixed: bool = False) -> tuple[int, int]:
-    """(steps, batch) whose training time, at `seconds_per_image`, fits `budget_s`: the batch halved first (not
-    below BUDGET_MIN_BATCH, not at all if `batch_fixed`), then the steps cut (not below `min_steps`)."""
-    def cost(st, b):
-        return st * b * seconds_per_image
+    """(steps, batch) whose training time, at `seconds_per_image`, fits `budget_s`, cut in proportion and on a grid
+    so that timing noise does not move it:
 
-    while not batch_fixed and batch > BUDGET_MIN_BATCH and cost(steps, batch) > budget_s:
-        batch = max(BUDGET_MIN_BATCH, batch // 2)
-    if cost(steps, batch) > budget_s:
-        steps = max(min_steps, int(budget_s / (batch * seconds_per_image)))
-    return steps, batch
+    * estimated within BUDGET_TOLERANCE over the budget: unchanged;
+    * else the steps go down the grid steps * 2^(-k/BUDGET_GRID), rounded down to two significant figures, to the
+      first k whose time fits budget_s * (1 + BUDGET_TOLERANCE); the batch is kept. The grid lines sit at fixed
+      ratios estimate / budget, so every measurement between two lines gives the same plan, and neighbouring
+      plans differ by one grid step (9 %);
+    * where that would be fewer than `min_steps`, the steps are `min_steps` and the batch is cut in proportion to
+      what still does not fit (rounded down to a multiple of 8, not below BUDGET_MIN_BATCH nor the batch
+      itself); not at all if `batch_fixed`. A run that does not fit even then is left at that: the budget is a
+      target, not a limit the run enforces.
+    """
+    allowed = budget_s * (1 + BUDGET_TOLERANCE)
+    over = steps * batch * seconds_per_image / allowed
+    if over <= 1:
+        return steps, batch
+    k = math.ceil(BUDGET_GRID * math.log2(over) - 1e-9)
+    fitted = _two_figures(steps * 2 ** (-k / BUDGET_GRID))
+    if fitted >= min_steps:
+        return fitted, batch
+    steps = min(steps, min_steps)
+    over = steps * batch * seconds_per_image / allowed
+    if batch_fixed or over <= 1:
+        return steps, batch
+    floor = min(batch, BUDGET_MIN_BATCH)
+    return steps, max(floor, int(batch / over) // 8 * 8)
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
@@ -173,11 +215,14 @@ def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, 
         default = math.ceil(recipe_epochs * (facts.n_train // batch))
         n, fit = max(least, default), ""
         full = n * batch * (seconds_per_image or 0)
-        if budget_s and full > budget_s:
+        fitted = (fit_budget(n, batch, seconds_per_image, budget_s, least // 4, "batch_size" in given)
+                  if budget_s and seconds_per_image else (n, batch))
+        if fitted != (n, batch):
             was_n, was_b = n, batch
-            n, b = fit_budget(n, batch, seconds_per_image, budget_s, least // 4, "batch_size" in given)
-            fit = (f", to fit --time-budget {budget_s / 60:g} min ({was_n} steps of {was_b} would take "
-                   f"~{full / 60:.0f} min here at a measured {1000 * seconds_per_image:.1f} ms per training image)")
+            n, b = fitted
+            fit = (f", fitted to --time-budget {budget_s / 60:g} min ({was_n} steps of {was_b} would take "
+                   f"~{full / 60:.1f} min here at a measured {1000 * seconds_per_image:.2f} ms per training image; "
+                   f"--time-budget 0 runs them)")
             if b != batch:
                 batch = changes["batch_size"] = b
                 why = [w for w in why if not w.startswith("batch ")]
@@ -239,9 +284,12 @@ def checkpoint_facts(spec) -> tuple[Optional[int], Optional[bool]]:
 
 def seconds_per_image(s, num_classes: int, batch: int) -> Optional[float]:
     """The cost per image of a training step (forward, backward; not the optimizer's update) of the model that `s`
-    trains, at its precision and on its device, from one warm-up and two timed steps on random images (a batch of
-    at most 32); None where it cannot be measured (the run itself will report the error). The run reseeds
-    everything before it starts, so this leaves no trace in it."""
+    trains, at its precision and on its device, on random images (a batch of at most 32): after warm-up steps (two,
+    or one where a step takes over a second), the median of up to TIMED_STEPS timed steps, fewer where they would
+    take more than TIMING_S seconds (at least two). The median of several warm steps moves by a percent or two
+    between runs on an idle machine, where the minimum of two moved by more. None where it cannot be measured (the
+    run itself will report the error). The run reseeds everything before it starts, so this leaves no trace in it."""
+    import statistics
     import time
 
     import torch
@@ -267,16 +315,22 @@ def seconds_per_image(s, num_classes: int, batch: int) -> Optional[float]:
         b = max(1, min(batch, 32))
         x = torch.randn(b, chans, size, size, device=device)
         y = torch.randint(0, num_classes, (b,), device=device)
-        times = []
-        for _ in range(3):
+
+        def step() -> float:
             t0 = time.perf_counter()
             with autocast(device, precision):
                 loss = F.cross_entropy(model(x).float(), y)
             loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        return min(times[1:]) / b
+            return time.perf_counter() - t0
+
+        if step() < 1.0:
+            step()
+        times = [step(), step()]
+        while len(times) < TIMED_STEPS and sum(times) < TIMING_S:
+            times.append(step())
+        return statistics.median(times) / b
     except Exception:  # noqa: BLE001 - an estimate only; the run checks the same things and says what is wrong
         return None
 
