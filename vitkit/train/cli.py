@@ -177,6 +177,10 @@ def print_plan(s, as_json: bool) -> int:
     """--plan: the settings `s` as the run would use them (precision `auto` resolved as train() resolves it), as a
     config file headed by the exact command, or as one JSON line; nothing is trained or written."""
     from ..runtime import resolve_device, resolve_precision
+    from .recipes import RECIPES
+
+    def get_recipe(name):
+        return RECIPES.get(name) or RECIPES["default"]
 
     s = s.replace(precision=resolve_precision(s.precision, resolve_device(s.device)))
     command = s.command()
@@ -190,7 +194,7 @@ def print_plan(s, as_json: bool) -> int:
         if k in ("name", "resume", "overwrite"):
             continue
         if v is None:
-            if k == "clip_grad":
+            if k == "clip_grad" and get_recipe(s.name).clip_grad is not None:
                 lines.append("clip_grad = 0")  # not clipping: the recipe's value would be used otherwise
             continue
         lines.append(f"{k} = {_toml_value(v)}")
