@@ -184,10 +184,10 @@ def test_time_budget_cuts_the_steps_in_proportion_on_a_grid():
     assert any("fitted to --time-budget 6 min (1200 steps of 128 would take ~7.7 min" in w for w in why)
     assert any("--time-budget 0 runs them" in w for w in why)
     assert any(w.startswith("920 steps of 128") for w in why)
-    # 10 ms per image: 1536 s; the grid gives 270 < 300 steps, so 300 steps and the batch cut in proportion:
-    # 300 * 128 * 0.01 = 384 s is 1.016x of 378 -> 128 / 1.016 = 126 -> 120 (a multiple of 8)
+    # 10 ms per image: 1536 s; the grid gives 270 < 300 steps, so 300 steps and the batch down the same grid:
+    # 300 * 128 * 0.01 = 384 s is 1.016x of 378 -> k = 1, 128 * 2^(-1/8) = 117.4 -> 112 (a multiple of 8)
     slow, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.01, budget_s=360)
-    assert slow["steps"] == MIN_STEPS // 4 == 300 and slow["batch_size"] == 120
+    assert slow["steps"] == MIN_STEPS // 4 == 300 and slow["batch_size"] == 112
     slower, _ = plan(set(), recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=1.0, budget_s=360)
     assert slower["steps"] == 300 and slower["batch_size"] == BUDGET_MIN_BATCH == 32
     given, _ = plan({"batch_size"}, recipe_batch=128, recipe_epochs=5, facts=facts, seconds_per_image=0.005,
@@ -196,8 +196,8 @@ def test_time_budget_cuts_the_steps_in_proportion_on_a_grid():
     assert "batch_size" not in given and given["steps"] == 550
     # 1011 s is 2.675x of 378: k = ceil(8 * 1.42) = 12, 790 * 2^(-12/8) = 279.3 -> 270, above the floor of 150
     assert fit_budget(790, 128, 0.01, 360, 150) == (270, 128)
-    # with a floor of 300: 300 steps, 384 s is 1.016x -> 128 / 1.016 -> 120
-    assert fit_budget(790, 128, 0.01, 360, 300) == (300, 120)
+    # with a floor of 300: 300 steps, 384 s is 1.016x -> one grid step, 117.4 -> 112
+    assert fit_budget(790, 128, 0.01, 360, 300) == (300, 112)
 
 
 def test_the_budget_is_measured_on_this_machine_and_said(tmp_path):

@@ -149,8 +149,8 @@ def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float
       first k whose time fits budget_s * (1 + BUDGET_TOLERANCE); the batch is kept. The grid lines sit at fixed
       ratios estimate / budget, so every measurement between two lines gives the same plan, and neighbouring
       plans differ by one grid step (9 %);
-    * where that would be fewer than `min_steps`, the steps are `min_steps` and the batch is cut in proportion to
-      what still does not fit (rounded down to a multiple of 8, not below BUDGET_MIN_BATCH nor the batch
+    * where that would be fewer than `min_steps`, the steps are `min_steps` and the batch goes down the same grid to
+      the first line that fits (rounded down to a multiple of 8, not below BUDGET_MIN_BATCH nor the batch
       itself); not at all if `batch_fixed`. A run that does not fit even then is left at that: the budget is a
       target, not a limit the run enforces.
     """
@@ -167,7 +167,8 @@ def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float
     if batch_fixed or over <= 1:
         return steps, batch
     floor = min(batch, BUDGET_MIN_BATCH)
-    return steps, max(floor, int(batch / over) // 8 * 8)
+    k = math.ceil(BUDGET_GRID * math.log2(over) - 1e-9)  # the batch on the same grid, so noise moves it no more
+    return steps, max(floor, int(batch * 2 ** (-k / BUDGET_GRID)) // 8 * 8)
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
