@@ -2,6 +2,7 @@
 
     python scripts/render_tables.py           rewrite the marked tables that differ (atomically, per file)
     python scripts/render_tables.py --check   change nothing; print the tables that differ; exit 1 if any does
+    python scripts/render_tables.py [--check] docs/reproduction.md ...   only these pages
 
 In markdown a generated table sits between two marker lines, and nothing else edits what is between them:
 
@@ -15,7 +16,7 @@ markdown table, no trailing newline). Every module in scripts/tables/ is importe
 with "_" or "rows"; scripts/tables/ is on sys.path, so a module imports the helpers as `from rows import load, pct`.
 
 Problems, each printed as one line and making the run exit 1 (nothing is written when there is one): a marker
-naming no table function, an unclosed or nested marker, a table function used by no marker, two modules defining
+naming no table function, a table function that raises, an unclosed or nested marker, a table function used by no marker, two modules defining
 the same name, a name not prefixed by its module's page.
 """
 
@@ -92,16 +93,18 @@ def blocks(text: str, where: str) -> tuple[list[tuple[str, int, int]], list[str]
     return out, problems
 
 
-def render(check: bool, out=print) -> tuple[int, int]:
+def render(check: bool, out=print, only: list[Path] | None = None) -> tuple[int, int]:
     """Render (or with `check`, compare) every marked table; print what differs and every problem.
     (tables that differed, problems); without `check`, the differing tables are rewritten unless there is a
-    problem."""
+    problem. `only`: just these pages (and no check for table functions used nowhere)."""
     functions = table_functions()
     problems: list[str] = []
     used: set[str] = set()
     new_texts: dict[Path, str] = {}
     differ = 0
     for page in pages():
+        if only is not None and page.resolve() not in {p.resolve() for p in only}:
+            continue
         where = page.relative_to(ROOT).as_posix()
         text = page.read_text()
         found, bad = blocks(text, where)
@@ -112,7 +115,11 @@ def render(check: bool, out=print) -> tuple[int, int]:
             if name not in functions:
                 problems.append(f"{where}:{first}: table {name!r} has no table function in scripts/tables/")
                 continue
-            rendered = functions[name]().rstrip("\n").split("\n")
+            try:
+                rendered = functions[name]().rstrip("\n").split("\n")
+            except Exception as e:  # a table that cannot render is one line, and the run fails
+                problems.append(f"{where}:{first}: table {name!r} failed to render: {type(e).__name__}: {e}")
+                continue
             if lines[first:close] != rendered:
                 differ += 1
                 out(f"{where}:{first}: table {name!r} differs from what scripts/tables renders")
@@ -122,7 +129,7 @@ def render(check: bool, out=print) -> tuple[int, int]:
                 lines[first:close] = rendered
         if "\n".join(lines) != text:
             new_texts[page] = "\n".join(lines)
-    for name in sorted(set(functions) - used):
+    for name in sorted(set(functions) - used) if only is None else []:
         problems.append(f"scripts/tables: table {name!r} is used by no marker in README.md, docs/*.md or "
                         "benchmarks/README.md")
     for p in problems:
@@ -142,8 +149,15 @@ def render(check: bool, out=print) -> tuple[int, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs")
+    p.add_argument("pages", nargs="*", type=Path, help="only these markdown files (default: every page)")
     args = p.parse_args(argv)
-    differ, problems = render(args.check)
+    known = {q.resolve() for q in pages()}
+    for q in args.pages:
+        if q.resolve() not in known:
+            print(f"render_tables.py: {q} is not one of the pages (README.md, docs/*.md, benchmarks/README.md)",
+                  file=sys.stderr)
+            return 2
+    differ, problems = render(args.check, only=args.pages or None)
     return 1 if problems or (args.check and differ) else 0
 
 
