@@ -1,6 +1,6 @@
 """Running a model: the one home of what eval, predict, analyze, export, bench and train share at run time.
 
-    resolve_device(name)                  -> torch.device ("auto": CUDA if available, else CPU)
+    resolve_device(name)                  -> torch.device ("auto": CUDA, else Apple's MPS, else CPU)
     native_bf16(device)                   -> whether `device` computes bf16 natively (else bf16 is emulated, slowly)
     resolve_precision(precision, device)  -> "auto" made "bf16" or "fp32" for `device`
     autocast(device, precision)           -> bf16 autocast context, or a no-op for fp32
@@ -35,28 +35,47 @@ from .errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _mps_available() -> bool:
+    """Whether Apple's Metal (MPS) backend can run here (a torch build with MPS, on an Apple-silicon Mac)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _mps_bf16_supported() -> bool:
+    """bf16 on MPS needs macOS 14 or newer (torch raises on older systems)."""
+    return bool(torch.backends.mps.is_macos_or_newer(14, 0))
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> CUDA if available, else CPU; "cuda" -> this process's GPU (local_rank). A UserError if CUDA is
-    asked for but missing."""
+    """"auto" -> CUDA if available, else MPS (Apple silicon) if available, else CPU; "cuda" -> this process's GPU
+    (local_rank). A UserError if CUDA or MPS is asked for but missing.
+
+    The MPS branch is tested only with the probes (torch.cuda.is_available, torch.backends.mps.is_available)
+    mocked (tests/test_precision.py): no part of vitkit has been run on a Mac."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+        raise UserError(f"unknown --device {name!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda was given but no CUDA GPU is available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
+    if dev.type == "mps" and not _mps_available():
+        raise UserError("--device mps was given but MPS is not available (it needs an Apple-silicon Mac and a "
+                        "torch built with MPS)")
     return dev
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` has bf16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
     AMX. Elsewhere (an AVX2-only CPU) oneDNN emulates bf16 matmuls, and a bf16 training step measured 24x slower
-    than fp32 (benchmarks/README.md, "bf16 on a CPU without bf16 instructions")."""
+    than fp32 (benchmarks/README.md, "bf16 on a CPU without bf16 instructions"). MPS: False (bf16 runs there on
+    macOS 14+, but whether a given Apple GPU computes it natively is not something torch reports, and nothing was
+    measured on a Mac), so "auto" stays fp32 on MPS."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -66,11 +85,18 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" where the hardware computes it natively (native_bf16), else "fp32"; others unchanged."""
+    """"auto" -> "bf16" where the hardware computes it natively (native_bf16), else "fp32"; others unchanged.
+
+    On MPS "auto" is "fp32", the safe choice: torch.autocast("mps") takes float16 (its default) and bfloat16, but
+    bfloat16 needs macOS 14+, float16 (no bf16-sized exponent) can overflow in training without a gradient scaler,
+    which vitkit's loop does not use, and no speed was measured on a Mac. "bf16" asked for on MPS is kept on
+    macOS 14+ and refused in one line before it. fp16 is not one of vitkit's precisions."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "mps" and not _mps_bf16_supported():
+        raise UserError("--precision bf16 on MPS needs macOS 14 or newer; use --precision fp32 (or auto)")
     return precision
 
 
