@@ -1,11 +1,12 @@
 """int8 inference on CPU: top-1 and speed of a model as float32 eager PyTorch, ONNX Runtime float32 and ONNX Runtime
 int8 (`vitkit export --quantize int8`), in one process, printed as one JSON object.
 
-    python benchmarks/int8.py ViT-Mini_8-tiny-imagenet --data-dir "$VITKIT_DATA"      # a Tiny ImageNet folder
+    VITKIT_DATA=DIR python benchmarks/int8.py ViT-Mini_8-tiny-imagenet --threads 1   # DIR holds a Tiny ImageNet folder
 
 Accuracy: the whole validation split (10,000 images), the same preprocessed batches for the three. Speed: batch 1 and
 32 of random input, the three runtimes interleaved in each repetition (so load from other work on a shared machine
-falls on all three alike), median seconds per batch after one warm-up; ratios are the figures to compare.
+falls on all three alike), median seconds per batch after one warm-up; ratios are the figures to compare. One JSON
+line (scripts/record.py keeps it as a row).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main() -> None:
     print(json.dumps({"model": a.model, "dataset": a.dataset, "images": len(labels), "top1": top1,
                       "top1_change_int8_points": round(top1["ort_int8"] - top1["eager_fp32"], 2),
                       "int8_agreement_with_eager": agree, "reps": a.reps, "torch_threads": torch.get_num_threads(),
-                      "int8_file": facts, "speed": speed}, indent=1))
+                      "int8_file": facts, "speed": speed}))
 
 
 if __name__ == "__main__":
