@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -212,11 +213,13 @@ def test_helpers():
     assert rows.table(["a", "b"], [[1, "x"]], "lr") == "| a | b |\n|---|---:|\n| 1 | x |"
 
 
-def test_record_writes_a_row_with_provenance_and_refuses_to_overwrite(tmp_path):
+def test_record_writes_a_row_with_provenance_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    # the interpreter by name on PATH: its absolute path may lie outside the repository (a venv elsewhere)
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     code = ("import json, sys; print('log line'); print(json.dumps({'top1': 0.5, "
             "'checkpoint': sys.argv[1] + '/' + 'runs/r/checkpoint', 'data': '/' + 'elsewhere/set'}))")
     out = tmp_path / "row.json"
-    row = record.record(out, [sys.executable, "-c", code, str(ROOT)], seed=3, weights="ViT-Mini_8-tiny-imagenet.v1")
+    row = record.record(out, [Path(sys.executable).name, "-c", code, str(ROOT)], seed=3, weights="ViT-Mini_8-tiny-imagenet.v1")
     saved = json.loads(out.read_text())
     assert saved == row
     assert saved["top1"] == 0.5 and saved["seed"] == 3 and saved["weights"] == "ViT-Mini_8-tiny-imagenet.v1"
@@ -225,14 +228,15 @@ def test_record_writes_a_row_with_provenance_and_refuses_to_overwrite(tmp_path):
     assert isinstance(saved["machine"]["bf16_native"], bool) and saved["date"].endswith("Z")
     assert str(ROOT) not in out.read_text() and saved["command"].endswith(" .")
     with pytest.raises(record.UserError, match="exists"):
-        record.record(out, [sys.executable, "-c", "print('{}')"])
+        record.record(out, [Path(sys.executable).name, "-c", "print('{}')"])
     with pytest.raises(record.UserError, match="absolute path /etc/hosts outside the repository"):
         record.record(tmp_path / "new.json", ["cat", "/etc/hosts"])
     assert not (tmp_path / "new.json").exists()
 
 
-def test_record_cli_bad_input_is_one_line_exit_2(tmp_path):
+def test_record_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "record.py"), "--out", str(tmp_path / "r.json"), "--",
-                        sys.executable, "-c", "print('no json')"], capture_output=True, text=True)
+                        Path(sys.executable).name, "-c", "print('no json')"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("record.py: the command printed no JSON")
     assert not (tmp_path / "r.json").exists()
