@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -136,17 +135,15 @@ def record(out: Path, command: list[str], seed=None, note=None, weights=None) ->
     row = {**result, **provenance}
     if any(k in result and result[k] != provenance[k] for k in provenance if k not in ("wall_s", "seed")):
         row["result_overridden"] = {k: result[k] for k in provenance if k in result}
-    from vitkit.flags import partial_file
+    from vitkit.flags import write_atomic
+
+    def write(f):
+        f.write((json.dumps(row, indent=1) + "\n").encode())
+        if out.exists():  # checked last, just before the rename
+            raise UserError(f"record.py: --out {out} appeared while the command ran; not overwritten")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_file(out)
-    try:
-        tmp.write_text(json.dumps(row, indent=1) + "\n")
-        if out.exists():
-            raise UserError(f"record.py: --out {out} appeared while the command ran; not overwritten")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, write)
     return row
 
 

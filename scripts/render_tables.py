@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vitkit.flags import partial_file  # noqa: E402
+from vitkit.flags import write_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES_DIR = ROOT / "scripts" / "tables"
@@ -136,12 +135,7 @@ def render(check: bool, out=print, only: list[Path] | None = None) -> tuple[int,
         out(p)
     if not check and not problems:
         for page, text in new_texts.items():
-            tmp = partial_file(page)
-            try:
-                tmp.write_text(text)
-                os.replace(tmp, page)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(page, lambda f, text=text: f.write(text.encode()))
             out(f"rewrote {page.relative_to(ROOT).as_posix()}")
     return differ, len(problems)
 

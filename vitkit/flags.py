@@ -312,3 +312,23 @@ def partial_file(out) -> "Path":
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return Path(tmp)
+
+
+def write_atomic(path, write) -> "Path":
+    """`write(f)` (f: a binary file open for writing) into a temporary file next to `path` (partial_file), renamed
+    onto `path` once `write` returned: a reader, or an earlier file of that name, never sees a half-written one,
+    and nothing is left behind when `write` or the rename fails. The file gets the permissions a plain open() would
+    give it. The one writer of files that appear only when complete (features, fewshot, the weights manifest, a
+    run's run.json, results rows, rendered pages)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = partial_file(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

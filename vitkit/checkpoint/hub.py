@@ -304,17 +304,10 @@ def folder_record(folder: Path) -> dict:
 
 def write_manifest(man: dict, weights_dir: Optional[Path] = None) -> Path:
     """Write the manifest atomically (a temporary sibling renamed into place), keys sorted, one file per line."""
-    from ..flags import partial_file
+    from ..flags import write_atomic
 
-    out = (weights_dir or WEIGHTS_DIR) / MANIFEST
-    tmp = partial_file(out)
-    try:
-        tmp.write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    text = json.dumps(man, indent=1, sort_keys=True) + "\n"
+    return write_atomic((weights_dir or WEIGHTS_DIR) / MANIFEST, lambda f: f.write(text.encode()))
 
 
 # -- checking shipped files against the manifest ------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _check_shots(labels, shots, val_size: int, names) -> None:
 def run(args) -> int:
     from ..errors import require
     from ..flags import check_writable
-    from .features import write_atomic
+    from ..flags import write_atomic
     from .fewshot import fewshot_eval, knn_eval, linear_probe
 
     if args.out is not None:

@@ -3,21 +3,18 @@
     extract_features(model, images_u8, batch_size)   -> (N, D) float32 numpy, the representation the head sees
     load_split(spec, split, model, data_dir, limit)  -> the dataset at the model's size and channels
     save_features(path, feats, labels, meta)         -> writes F.npy, F.labels.npy, F.json
-    write_atomic(path, write)                        -> write(binary file) to a temporary sibling, renamed onto path
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from ..flags import partial_file
+from ..flags import write_atomic
 from ..runtime import as_loaded, to_model_input, unwrap
 from ..runtime import load_split as runtime_load_split
 
@@ -53,21 +50,6 @@ def load_split(spec: str, split: str, model=None, data_dir=None, limit: int | No
     return runtime_load_split(spec, split, pre, data_dir, limit, seed)
 
 
-def write_atomic(path, write: Callable) -> Path:
-    """`write(f)` (f: a binary file open for writing) into a temporary file next to `path`, renamed onto `path`
-    once complete: a reader, or an earlier file of that name, never sees a half-written one. The file gets the
-    permissions a plain open() would give it."""
-    path = Path(path)
-    tmp = partial_file(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def features_path(path) -> Path:
     """The .npy file save_features writes for `path` (F -> F.npy)."""
     path = Path(path).expanduser()
@@ -76,7 +58,7 @@ def features_path(path) -> Path:
 
 def save_features(path, feats: np.ndarray, labels: np.ndarray | None = None, meta: dict | None = None) -> dict:
     """Write F.npy (features), F.labels.npy (labels) and F.json (metadata) for `path` = F.npy, each atomically
-    (write_atomic)."""
+    (vitkit.flags.write_atomic)."""
     path = features_path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

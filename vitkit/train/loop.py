@@ -587,16 +587,13 @@ def write_run_json(out: Path, s: TrainSettings, resumed_at: Optional[int] = None
     as the run uses it, "vitkit": the version, "resumed_at": the step a resume continued from, or null}. Written
     when the run starts (atomically; again on each resume, with the settings the resume runs with); it is part of
     the run, so --overwrite replaces it with the new run's."""
-    from ..flags import partial_file
+    from ..flags import write_atomic
     from ..version import __version__
 
     record = {"command": s.command(), "settings": s.to_dict(), "vitkit": __version__, "resumed_at": resumed_at}
-    tmp = partial_file(out / RUN_JSON)
     try:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, out / RUN_JSON)
+        write_atomic(out / RUN_JSON, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {out / RUN_JSON} ({e.strerror or e})") from None
 
 
