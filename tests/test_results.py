@@ -175,12 +175,18 @@ def test_blocks_find_markers_and_name_every_problem():
     assert bad == ["p.md:1: malformed table marker '<!-- table: spaced -->' (expected '<!-- table:NAME -->')"]
 
 
-def test_unknown_marker_and_unused_function_fail_the_check(monkeypatch, tmp_path):
+def _one_page(monkeypatch, tmp_path, text: str, functions: dict):
+    """The renderer pointed at one page holding `text` under tmp_path, with `functions` as its table functions."""
     page = tmp_path / "page.md"
-    page.write_text("<!-- table:nowhere.t -->\n<!-- /table -->\n")
+    page.write_text(text)
     monkeypatch.setattr(render_tables, "pages", lambda: [page])
     monkeypatch.setattr(render_tables, "ROOT", tmp_path)
-    monkeypatch.setattr(render_tables, "table_functions", lambda: {"page.used": lambda: "| a |"})
+    monkeypatch.setattr(render_tables, "table_functions", lambda: functions)
+    return page
+
+
+def test_unknown_marker_and_unused_function_fail_the_check(monkeypatch, tmp_path):
+    _one_page(monkeypatch, tmp_path, "<!-- table:nowhere.t -->\n<!-- /table -->\n", {"page.used": lambda: "| a |"})
     said = []
     assert render_tables.render(check=True, out=said.append) == (0, 2)
     assert any("'nowhere.t' has no table function" in s for s in said)
@@ -188,11 +194,8 @@ def test_unknown_marker_and_unused_function_fail_the_check(monkeypatch, tmp_path
 
 
 def test_render_rewrites_only_between_markers(monkeypatch, tmp_path):
-    page = tmp_path / "page.md"
-    page.write_text("intro\n<!-- table:page.t -->\n| stale |\n<!-- /table -->\nend\n")
-    monkeypatch.setattr(render_tables, "pages", lambda: [page])
-    monkeypatch.setattr(render_tables, "ROOT", tmp_path)
-    monkeypatch.setattr(render_tables, "table_functions", lambda: {"page.t": lambda: "| a |\n|---|\n| 1 |"})
+    page = _one_page(monkeypatch, tmp_path, "intro\n<!-- table:page.t -->\n| stale |\n<!-- /table -->\nend\n",
+                     {"page.t": lambda: "| a |\n|---|\n| 1 |"})
     assert render_tables.render(check=True, out=lambda s: None) == (1, 0)
     assert "| stale |" in page.read_text()  # --check changes nothing
     assert render_tables.render(check=False, out=lambda s: None) == (1, 0)

@@ -158,17 +158,21 @@ def fit_budget(steps: int, batch: int, seconds_per_image: float, budget_s: float
     over = steps * batch * seconds_per_image / allowed
     if over <= 1:
         return steps, batch
-    k = math.ceil(BUDGET_GRID * math.log2(over) - 1e-9)
-    fitted = _two_figures(steps * 2 ** (-k / BUDGET_GRID))
+    fitted = _two_figures(steps * _grid_line(over))
     if fitted >= min_steps:
         return fitted, batch
     steps = min(steps, min_steps)
     over = steps * batch * seconds_per_image / allowed
     if batch_fixed or over <= 1:
         return steps, batch
-    floor = min(batch, BUDGET_MIN_BATCH)
-    k = math.ceil(BUDGET_GRID * math.log2(over) - 1e-9)  # the batch on the same grid, so noise moves it no more
-    return steps, max(floor, int(batch * 2 ** (-k / BUDGET_GRID)) // 8 * 8)
+    floor = min(batch, BUDGET_MIN_BATCH)  # the batch on the same grid, so noise moves it no more than the steps
+    return steps, max(floor, int(batch * _grid_line(over)) // 8 * 8)
+
+
+def _grid_line(over: float) -> float:
+    """The factor 2^(-k/BUDGET_GRID) of the first grid line at or below 1 / `over` (`over` > 1: the estimate over
+    the budget): every estimate between two lines gives the same factor."""
+    return 2 ** (-math.ceil(BUDGET_GRID * math.log2(over) - 1e-9) / BUDGET_GRID)
 
 
 def plan(given: set, recipe_batch: int, recipe_epochs: float, facts: DataFacts, fine_tuning: bool = False,
